@@ -1,0 +1,174 @@
+"""Ray Train glue shared by the backbone and recovery worker loops.
+
+Checkpoints are a folder holding one `state.pt` (plain tensors and Python values, loaded with
+`map_location="cpu"`), so a checkpoint written on a GPU worker loads on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+class ClusterTooSmallError(RuntimeError):
+    """The Ray cluster cannot place the requested workers; raised instead of hanging."""
+
+
+def check_cluster_fits(
+    num_workers: int, cpus_per_worker: float, use_gpu: bool, gpus_per_worker: float = 1.0
+) -> None:
+    """Raise if the connected Ray cluster lacks the CPUs or GPUs for `num_workers` workers.
+
+    Ray waits forever for resources it does not have, so the job checks before starting.
+
+    Raises:
+        ClusterTooSmallError: the request exceeds the cluster's total resources, with the
+            numbers and the flags to change.
+    """
+    import ray
+
+    if num_workers == 0:
+        return
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0.0)
+    gpus = resources.get("GPU", 0.0)
+    # The trainer's controller actor takes no CPU in Ray Train V2, so workers get them all.
+    needed_cpus = num_workers * cpus_per_worker
+    if needed_cpus > cpus + 1e-9:
+        raise ClusterTooSmallError(
+            f"num_workers={num_workers} x cpus_per_worker={cpus_per_worker} needs "
+            f"{needed_cpus:g} CPUs but the Ray cluster has {cpus:g}; lower --num-workers "
+            f"(at most {int(cpus // cpus_per_worker)} here) or cpus_per_worker"
+        )
+    if use_gpu:
+        needed_gpus = num_workers * gpus_per_worker
+        if needed_gpus > gpus + 1e-9:
+            raise ClusterTooSmallError(
+                f"use_gpu with num_workers={num_workers} x gpus_per_worker={gpus_per_worker} "
+                f"needs {needed_gpus:g} GPUs but the Ray cluster has {gpus:g}; set "
+                "use_gpu=false or lower num_workers"
+            )
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to `$RAY_ADDRESS` (e.g. under `ray job submit`) or start a local Ray.
+
+    A local instance gets no dashboard, so a laptop run opens no extra port.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        logger.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        logger.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+@dataclass
+class WorkerContext:
+    """Rank and world size of the current worker (0 and 1 outside Ray Train)."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def worker_context() -> WorkerContext:
+    """Return this worker's rank and world size from Ray Train, or (0, 1) when not in it."""
+    import ray.train
+
+    try:
+        context = ray.train.get_context()
+        return WorkerContext(context.get_world_rank(), context.get_world_size())
+    except (RuntimeError, AttributeError, ValueError):
+        return WorkerContext(0, 1)
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` in place over all workers (a no-op in a single process) and return it."""
+    if distributed():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def load_checkpoint_state() -> dict[str, Any] | None:
+    """Return the state stored in the latest Ray Train checkpoint, or None on a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def report_epoch(metrics: dict[str, float], state: dict[str, Any] | None, is_main: bool) -> None:
+    """Report one epoch's metrics on every rank, with a checkpoint from rank 0.
+
+    `ray.train.report` is a barrier: every rank must call it the same number of times.
+    """
+    import ray.train
+
+    if is_main and state is not None:
+        with tempfile.TemporaryDirectory(prefix="dymo_ray_ckpt_") as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def read_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
+    """Load the `state.pt` of a Ray Train `Checkpoint` (e.g. `Result.checkpoint`) on the CPU."""
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def format_duration(seconds: float) -> str:
+    """Return a short human duration such as "1m05s" or "42s"."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class EpochTimer:
+    """Elapsed time and an ETA from the mean epoch duration so far."""
+
+    def __init__(self, total_epochs: int, start_epoch: int = 0) -> None:
+        self.total_epochs = total_epochs
+        self.start_epoch = start_epoch
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def eta(self, finished_epoch: int) -> float:
+        done = finished_epoch + 1 - self.start_epoch
+        remaining = self.total_epochs - finished_epoch - 1
+        return self.elapsed() / max(done, 1) * max(remaining, 0)
