@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
         "--min-seconds",
         type=float,
         default=1.0,
-        help="time each measurement for at least this long (at least 3 runs), report the median",
+        help="seconds to time dymo and plain for (at least 3 runs each); the median is reported",
     )
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     parser.add_argument("--no-traces", action="store_true", help="time select without traces")
@@ -92,18 +92,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(function, device: torch.device, min_seconds: float) -> float:
-    """Return the median wall time in seconds of `function()` after one warm-up call."""
-    function()
-    synchronize(device)
-    durations = []
-    started = time.perf_counter()
-    while len(durations) < 3 or time.perf_counter() - started < min_seconds:
-        begin = time.perf_counter()
+def time_interleaved(functions: dict, device: torch.device, min_seconds: float) -> dict:
+    """Return the median wall time in seconds of each function, after one warm-up call each.
+
+    The functions run in turn, round after round, so that a change in machine load affects
+    all of them alike and their ratio stays meaningful on a shared machine.
+    """
+    for function in functions.values():
         function()
-        synchronize(device)
-        durations.append(time.perf_counter() - begin)
-    return statistics.median(durations)
+    synchronize(device)
+    durations: dict = {name: [] for name in functions}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or time.perf_counter() - started < min_seconds:
+        for name, function in functions.items():
+            begin = time.perf_counter()
+            function()
+            synchronize(device)
+            durations[name].append(time.perf_counter() - begin)
+        rounds += 1
+    return {name: statistics.median(values) for name, values in durations.items()}
 
 
 def main() -> None:
@@ -134,7 +142,8 @@ def main() -> None:
     )
     print(
         f"# reference: first {args.reference_samples} rows of each batch, samples/s extrapolated "
-        "from their per-sample time; dymo and plain: median over >= 3 runs of the whole batch"
+        "from their per-sample time; dymo and plain: median over >= 3 interleaved runs of the "
+        "whole batch"
     )
     header = (
         f"{'batch':>5} {'missing':>7} {'ref samp/s':>11} {'dymo samp/s':>12} {'speedup':>8} "
@@ -159,8 +168,10 @@ def main() -> None:
                     model, stats, device_inputs, device_present, config, with_traces=with_traces
                 )
 
-            plain_seconds = time_call(run_plain, device, args.min_seconds)
-            dymo_seconds = time_call(run_dymo, device, args.min_seconds)
+            medians = time_interleaved(
+                {"plain": run_plain, "dymo": run_dymo}, device, args.min_seconds
+            )
+            plain_seconds, dymo_seconds = medians["plain"], medians["dymo"]
             result = run_dymo()
 
             # The reference runs on the CPU copy of the first rows, one sample at a time.

@@ -101,6 +101,167 @@ def evaluate_discard(
     return rows
 
 
+STRATEGIES = ("discard", "impute_all", "dymo", "oracle")
+
+
+def _macro_auc(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> float | None:
+    """Macro one-vs-rest AUC, or None when a class is absent from `labels`."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < num_classes:
+        return None
+    if num_classes == 2:
+        return float(roc_auc_score(labels, probabilities[:, 1]))
+    return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro",
+                               labels=list(range(num_classes))))
+
+
+def evaluate_strategies(
+    bundle: ModelBundle,
+    recovery: Any,
+    data: SplitData,
+    protocols: Sequence[str],
+    seed: int = 0,
+    batch_size: int = 256,
+    selection_config: Any = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score discard, impute-all, DyMo and oracle on one split under each protocol.
+
+    For each protocol the present mask is drawn once with `seed`; each batch is recovered
+    once (seeded by `seed` and the batch index, so reruns match) and the same completed
+    inputs feed impute-all and DyMo. The oracle uses every modality with its true values.
+
+    Args:
+        bundle: Backbone with calibration statistics.
+        recovery: A `dymo_ray.recovery.Recovery` for the bundle's card.
+        data: A complete split (every modality observed).
+        protocols: Protocol strings, e.g. "random:0.6" or "drop:mnist+text".
+        seed: Seed of the protocol masks and of the recovery.
+        batch_size: Rows per batch.
+        selection_config: `SelectionConfig` for DyMo (default settings when None).
+        progress: Show a progress bar over batches on stderr.
+
+    Returns:
+        One row per (protocol, strategy): protocol, strategy, rows, accuracy, auc, and for
+        DyMo the mean number of recovered modalities used and rejected per row.
+    """
+    from tqdm.auto import tqdm
+
+    from dymo_ray.selection import discard_predict, impute_all_predict, select
+
+    card = bundle.card
+    problems = card.compatibility_problems(recovery.card)
+    if problems:
+        raise ValueError("the recovery model was built for another dataset card: " + "; ".join(problems))
+    labels = data.labels.numpy()
+    oracle = None
+    rows: list[dict[str, Any]] = []
+    batch_starts = list(range(0, len(data), batch_size))
+    for text in protocols:
+        protocol = parse_protocol(text, card.modality_names)
+        present = protocol.apply(len(data), seed)
+        probabilities = {name: [] for name in STRATEGIES if name != "oracle"}
+        used_counts, rejected_counts = [], []
+        for batch_index, start in enumerate(
+            tqdm(batch_starts, desc=f"evaluate {text}", disable=not progress, leave=False)
+        ):
+            stop = start + batch_size
+            inputs = {name: tensor[start:stop] for name, tensor in data.inputs.items()}
+            batch_present = present[start:stop]
+            completed = recovery.recover(inputs, batch_present, seed=seed * 1_000_003 + batch_index)
+            probabilities["discard"].append(discard_predict(bundle.model, completed, batch_present).probabilities)
+            probabilities["impute_all"].append(
+                impute_all_predict(bundle.model, completed, batch_present).probabilities
+            )
+            result = select(bundle.model, bundle.stats, completed, batch_present,
+                            selection_config, with_traces=False)
+            probabilities["dymo"].append(result.probabilities)
+            used_counts.append(result.recovered_used.sum(dim=1))
+            rejected_counts.append(result.rejected.sum(dim=1))
+        if oracle is None:
+            oracle = torch.cat([
+                impute_all_predict(bundle.model, {n: t[s:s + batch_size] for n, t in data.inputs.items()}).probabilities
+                for s in batch_starts
+            ])
+        used = torch.cat(used_counts).double()
+        rejected = torch.cat(rejected_counts).double()
+        missing_per_row = (~present).sum(dim=1).double()
+        stacked = {name: torch.cat(parts) for name, parts in probabilities.items()}
+        stacked["oracle"] = oracle
+        for strategy in STRATEGIES:
+            probs = stacked[strategy].double().numpy()
+            row = {
+                "protocol": text,
+                "strategy": strategy,
+                "rows": len(data),
+                "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+                "auc": _macro_auc(labels, probs, card.num_classes),
+                "missing_per_row": float(missing_per_row.mean()),
+            }
+            if strategy == "dymo":
+                row["used_per_row"] = float(used.mean())
+                row["rejected_per_row"] = float(rejected.mean())
+            rows.append(row)
+    return rows
+
+
+def pivot_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return one row per protocol with one accuracy column per strategy (for printing)."""
+    table: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = table.setdefault(row["protocol"], {"protocol": row["protocol"]})
+        entry[row["strategy"]] = row["accuracy"]
+        if row["strategy"] == "dymo":
+            entry["dymo_used"] = row["used_per_row"]
+            entry["dymo_rejected"] = row["rejected_per_row"]
+            entry["missing"] = row["missing_per_row"]
+    return list(table.values())
+
+
+def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Plot accuracy per strategy against the protocol (missing rate for random:<eta>)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = list(dict.fromkeys(row["protocol"] for row in rows))
+    numeric = all(p.startswith("random:") for p in protocols)
+    positions = [float(p.split(":", 1)[1]) for p in protocols] if numeric else list(range(len(protocols)))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for strategy in STRATEGIES:
+        values = [next(r["accuracy"] for r in rows if r["protocol"] == p and r["strategy"] == strategy)
+                  for p in protocols]
+        axis.plot(positions, values, marker="o", label=strategy)
+    axis.set_xticks(positions)
+    axis.set_xticklabels([p.split(":", 1)[1] if numeric else p for p in protocols],
+                         rotation=0 if numeric else 30, ha="center" if numeric else "right")
+    axis.set_xlabel("missing rate eta (random:<eta>)" if numeric else "protocol")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write result rows as CSV with a header (columns in first-seen order)."""
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Render rows as a fixed-width text table (floats with 4 decimals)."""
 

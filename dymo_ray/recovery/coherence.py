@@ -151,8 +151,8 @@ class CoherenceTable:
             line += "".join(f"  {_percent(cells.get((name, k))):>6}" for k in counts)
             lines.append(line)
         lines.append(
-            "real: classifier accuracy on real test data; k=j: accuracy on the modality "
-            "recovered from j observed modalities"
+            "real: classifier accuracy on real test data. k=j: accuracy on the modality "
+            "recovered from j observed modalities. -: not evaluated."
         )
         return "\n".join(lines)
 

@@ -201,7 +201,8 @@ class MultivaeRecovery(Recovery):
         Raises:
             ValueError, TypeError: the batch does not match the card (see `check_batch`).
         """
-        batch_size = len(next(iter(inputs.values())))
+        first = inputs.get(self.card.modality_names[0]) if isinstance(inputs, dict) else None
+        batch_size = len(first) if first is not None else 0
         present = torch.ones((batch_size, self.card.num_modalities), dtype=torch.bool)
         check_batch(self.card, inputs, present)
         data = {
@@ -334,8 +335,8 @@ class CMVAERecovery(MultivaeRecovery):
             loss="iwae_looser",
             number_of_clusters=self.config.num_clusters,
         )
-        # TODO(cmvae-pruning): multivae's post-training cluster pruning is not run. It only
-        # changes the cluster prior, which conditional generation does not read.
+        # NOTE: multivae's post-training cluster pruning (`prune_clusters`) is not run. It only
+        # changes the cluster prior, which conditional generation (`encode`) does not read.
         return CMVAE(config, encoders=encoders, decoders=decoders)
 
 

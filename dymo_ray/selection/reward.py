@@ -116,7 +116,7 @@ def ics(
     # erfc keeps the far tail that the naive 2 * (1 - Phi(x)) loses. In float32, Phi(x)
     # rounds to exactly 1 for x above about 5.4, so the naive form returns 0 there and
     # log(ICS) is -inf. erfc in float64 gives, for example, 1.2e-15 at x = 8 and only
-    # underflows to 0 above x of about 37.5.
+    # underflows to 0 above x of about 38.5.
     return torch.special.erfc(distance / (sigma * math.sqrt(2.0)))
 
 

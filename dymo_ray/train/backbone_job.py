@@ -38,7 +38,7 @@ DEFAULT_EPOCHS = {"polymnist": 12, "mdt": 10}
 
 @dataclass
 class TrainingOutcome:
-    """What a finished training job produced."""
+    """Outputs and scores of a finished training job."""
 
     config: TrainConfig
     run_id: str
@@ -128,7 +128,7 @@ def run_training(
     card = load_card(data_dir)
     if card.name != cfg.dataset:
         raise ConfigError(
-            f"data_dir {data_dir} holds dataset {card.name!r} but dataset={cfg.dataset!r}; "
+            f"data_dir {data_dir} contains dataset {card.name!r} but dataset={cfg.dataset!r}; "
             "set dataset to match"
         )
     cfg = replace(resolve_config(cfg, card), data_dir=str(data_dir))

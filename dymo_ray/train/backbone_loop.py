@@ -1,7 +1,7 @@
 """Ray Train worker loop of the backbone: incomplete-simulation training with prototypes.
 
-Plain PyTorch except where marked `# Ray:`; the loop also runs in a single process (no Ray
-Train context) for unit tests, where collectives are no-ops.
+Plain PyTorch except where marked `# Ray:`. The same loop runs as a Ray Tune function trial
+(`session="tune"`), in one process, where collectives are no-ops.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def batches(data: SplitData, batch_size: int, generator: torch.Generator | None)
 def validate(model: FusionBackbone, data: SplitData, batch_size: int) -> tuple[float, dict[str, float]]:
     """Return accuracy over all non-empty subsets (pooled) and per subset, summed over ranks.
 
-    Each batch is encoded once and fused under every subset; every subset sees the same
-    rows, so the pooled accuracy weights the subsets equally.
+    Each batch is encoded once and fused under every subset. Every subset is scored on the
+    same rows, so the pooled accuracy weights the subsets equally.
     """
     model.eval()
     subsets = all_subsets(model.num_modalities)
@@ -145,17 +145,27 @@ def validate(model: FusionBackbone, data: SplitData, batch_size: int) -> tuple[f
     return float(sum(per_subset) / len(per_subset)), dict(zip(names, per_subset))
 
 
-def train_backbone(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point (also callable in one process).
+def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train worker entry point, also run as a Ray Tune trial by `dymo_ray.tune`.
 
     Args:
         config: `train` (a TrainConfig as a dict, defaults already resolved), `data_dir`
             (absolute), `backbone` (BackboneConfig as a dict), `tracking_uri` and `run_id`
-            (MLflow run to log to from rank 0, or None), and optionally `fault_injection`
-            {"epoch": int, "marker": path} for the failure-recovery test.
+            (MLflow run to log to from rank 0, or None), and optionally:
+            `session`: "train" (default, a Ray Train worker) or "tune" (a Tune function
+            trial: one process, reports and checkpoints through `ray.tune`);
+            `report_defaults`: metrics added to every epoch's report, e.g. {"val_dymo": nan}
+            from a sweep whose searcher requires its metric in every result;
+            `fault_injection` {"epoch": int, "marker": path} for the failure-recovery test.
+
+    Returns:
+        In a Tune session, the state of the last checkpoint written (weights, best weights,
+        epoch, best val acc), or the resumed checkpoint's state when no epoch was left to
+        run. None in a Ray Train session.
     """
     cfg: TrainConfig = build_config(TrainConfig, config["train"])
-    context = worker_context()  # Ray: rank and world size
+    session = config.get("session", "train")
+    context = worker_context(session)  # Ray: rank and world size
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -176,7 +186,8 @@ def train_backbone(config: dict[str, Any]) -> None:
     backbone_config = BackboneConfig.from_dict(config["backbone"])
     backbone = FusionBackbone(card, backbone_config)
     model: torch.nn.Module = backbone
-    if _in_ray_train():
+    # A Tune trial is one process with no DDP, and `ray.train.get_context` raises there.
+    if session == "train" and _in_ray_train():
         import ray.train.torch
 
         # Ray: moves the model to the worker's device and wraps it in DDP when there are
@@ -195,7 +206,8 @@ def train_backbone(config: dict[str, Any]) -> None:
     best_epoch = -1
     stale_epochs = 0
     resumed_at: list[int] = []  # epochs (1-based) a restarted worker group resumed from
-    state = load_checkpoint_state()  # Ray: latest checkpoint after a failure
+    state = load_checkpoint_state(session)  # Ray: latest checkpoint after a failure or restore
+    last_state = state
     if state is not None:
         backbone.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -246,7 +258,7 @@ def train_backbone(config: dict[str, Any]) -> None:
             )
             samples += len(labels)
 
-        # Ray: prototypes and losses are summed over workers, so every rank holds the same.
+        # Ray: prototypes and losses are summed over workers, so all ranks get the same values.
         prototypes = accumulator.reduce(epoch + 1).to(device)
         all_reduce_sum(loss_sum)
         samples_total = all_reduce_sum(torch.tensor([float(samples)], dtype=torch.float64))
@@ -291,10 +303,18 @@ def train_backbone(config: dict[str, Any]) -> None:
             "stopped_early": stop_early,
             "resumed_at": resumed_at,
         }
+        last_state = checkpoint_state
         report_epoch(  # Ray: barrier; rank 0 attaches the checkpoint
-            {"epoch": epoch + 1, "val_acc": val_acc, "best_val_acc": best_acc, "loss": stats.loss},
+            {
+                **config.get("report_defaults", {}),
+                "epoch": epoch + 1,
+                "val_acc": val_acc,
+                "best_val_acc": best_acc,
+                "loss": stats.loss,
+            },
             checkpoint_state,
             context.is_main,
+            session,
         )
         if stop_early:
             if context.is_main:
@@ -303,6 +323,9 @@ def train_backbone(config: dict[str, Any]) -> None:
                     cfg.min_delta, stale_epochs, best_acc, best_epoch,
                 )
             break
+    # Ray Train V2 fails a training function that returns tensors, so only a Tune trial,
+    # which runs the loop as a plain call, gets the final state back.
+    return last_state if session == "tune" else None
 
 
 def _in_ray_train() -> bool:
@@ -336,8 +359,9 @@ def _maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int) -> 
     target_rank = fault.get("rank", 0)
     if rank == target_rank and not marker.exists():
         marker.write_text(f"killed at epoch {epoch + 1}\n")
-        # Ray Train V2 registers a reported checkpoint when its controller next polls the
-        # workers; a crash a few seconds into the epoch, as in real failures, comes after it.
+        # Ray Train V2 registers a reported checkpoint only when its controller next polls
+        # the workers. Crashing a few seconds into the epoch, as real failures do, lets the
+        # previous epoch's checkpoint be registered first.
         time.sleep(5)
         logger.warning("fault injection: killing worker rank %d at epoch %d", rank, epoch + 1)
         os._exit(1)

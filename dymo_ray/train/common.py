@@ -1,4 +1,9 @@
-"""Ray Train glue shared by the backbone and recovery worker loops.
+"""Ray Train and Ray Tune glue shared by the backbone and recovery worker loops.
+
+The loops run in one of two Ray sessions, named by `session`: "train" (a Ray Train worker,
+the default) or "tune" (a Ray Tune function trial, one process per trial). Inside a Tune
+function `ray.train.report`, `get_checkpoint` and `get_context` raise, so the Tune session
+uses `ray.tune.report` and `ray.tune.get_checkpoint` instead.
 
 Checkpoints are a folder holding one `state.pt` (plain tensors and Python values, loaded with
 `map_location="cpu"`), so a checkpoint written on a GPU worker loads on a CPU-only machine.
@@ -19,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+SESSIONS = ("train", "tune")
 
 
 class ClusterTooSmallError(RuntimeError):
@@ -91,8 +97,31 @@ class WorkerContext:
         return self.rank == 0
 
 
-def worker_context() -> WorkerContext:
-    """Return this worker's rank and world size from Ray Train, or (0, 1) when not in it."""
+def _session_api(session: str) -> Any:
+    """Return the module (`ray.train` or `ray.tune`) whose `report`, `get_checkpoint` and
+    `Checkpoint` work in `session`.
+    """
+    if session == "train":
+        import ray.train
+
+        return ray.train
+    if session == "tune":
+        import ray.tune
+
+        return ray.tune
+    raise ValueError(f"unknown Ray session {session!r}; valid sessions: {list(SESSIONS)}")
+
+
+def worker_context(session: str = "train") -> WorkerContext:
+    """Return this worker's rank and world size from Ray Train, or (0, 1) when not in it.
+
+    A Tune trial (`session="tune"`) is a single process without a process group, so it is
+    rank 0 of 1.
+    """
+    if session == "tune":
+        return WorkerContext(0, 1)
+    if session not in SESSIONS:
+        raise ValueError(f"unknown Ray session {session!r}; valid sessions: {list(SESSIONS)}")
     import ray.train
 
     try:
@@ -113,34 +142,40 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def load_checkpoint_state() -> dict[str, Any] | None:
-    """Return the state stored in the latest Ray Train checkpoint, or None on a fresh start."""
-    import ray.train
+def load_checkpoint_state(session: str = "train") -> dict[str, Any] | None:
+    """Return the state stored in the latest checkpoint of `session`, or None on a fresh start.
 
-    checkpoint = ray.train.get_checkpoint()
+    In a Tune trial this is the checkpoint the trial resumes from after a restore.
+    """
+    checkpoint = _session_api(session).get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def report_epoch(metrics: dict[str, float], state: dict[str, Any] | None, is_main: bool) -> None:
+def report_epoch(
+    metrics: dict[str, float],
+    state: dict[str, Any] | None,
+    is_main: bool,
+    session: str = "train",
+) -> None:
     """Report one epoch's metrics on every rank, with a checkpoint from rank 0.
 
-    `ray.train.report` is a barrier: every rank must call it the same number of times.
+    `ray.train.report` is a barrier: every rank must call it the same number of times. With
+    `session="tune"` the report goes to `ray.tune.report` (one rank).
     """
-    import ray.train
-
+    api = _session_api(session)
     if is_main and state is not None:
         with tempfile.TemporaryDirectory(prefix="dymo_ray_ckpt_") as folder:
             torch.save(state, Path(folder) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            api.report(metrics, checkpoint=api.Checkpoint.from_directory(folder))
     else:
-        ray.train.report(metrics, checkpoint=None)
+        api.report(metrics, checkpoint=None)
 
 
 def read_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
-    """Load the `state.pt` of a Ray Train `Checkpoint` (e.g. `Result.checkpoint`) on the CPU."""
+    """Load the `state.pt` of a Ray Train or Tune `Checkpoint` (e.g. `Result.checkpoint`) on the CPU."""
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 

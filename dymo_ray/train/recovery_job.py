@@ -1,9 +1,10 @@
 """Driver of the recovery training job: Ray Train fit, registry, coherence table.
 
-The driver resolves every path, creates the MLflow run, runs the `TorchTrainer`, saves the
-final recovery model as a run artifact, registers it as `dymo-recovery-<dataset>`, then
-trains one unimodal classifier per modality and measures the coherence of recovered
-samples on the test split. `jobs/train_recovery.py` is the command-line front end.
+The driver resolves every path, creates the MLflow run and runs the `TorchTrainer`. It then
+saves the final recovery model as a run artifact and registers it as
+`dymo-recovery-<dataset>`. Last, it trains one unimodal classifier per modality and
+measures the coherence of recovered samples on the test split. `jobs/train_recovery.py` is
+the command-line front end.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ logger = logging.getLogger(__name__)
 
 # Epochs that fit the documented time budget of each dataset on 2 CPU cores (MoPoE, 2 Ray
 # workers); the authors trained MoPoE for 300 epochs on 60k PolyMNIST rows on a GPU.
-DEFAULT_EPOCHS = {"polymnist": 15, "mdt": 15}
+DEFAULT_EPOCHS = {"polymnist": 20, "mdt": 30}
 
 
 @dataclass
 class RecoveryOutcome:
-    """What a finished recovery training job produced."""
+    """Outputs of a finished recovery training job."""
 
     config: RecoveryTrainConfig
     run_id: str
@@ -61,7 +62,7 @@ def run_recovery_training(
     fault_injection: dict[str, Any] | None = None,
     tracking_uri: str | None = None,
 ) -> RecoveryOutcome:
-    """Train, register and measure one recovery model; Ray must be initialised.
+    """Train, register and measure one recovery model. Ray must be initialised.
 
     Args:
         cfg: The job config (unresolved defaults allowed).
@@ -206,7 +207,7 @@ def measure_coherence(
     test = load_split(data_dir, "test", rows=test_rows)
     logger.info("measuring coherence on %d test rows", len(test))
     return coherence_table(
-        recovery.to("cpu") if hasattr(recovery, "to") else recovery,
+        recovery,
         classifiers,
         test.inputs,
         test.labels,

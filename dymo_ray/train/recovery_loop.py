@@ -1,7 +1,7 @@
 """Ray Train worker loop of the recovery models (MoPoE, MMVAE+, CMVAE), and its config.
 
-Plain PyTorch except where marked `# Ray:`. The loop also runs in one process (no Ray Train
-context) for unit tests, where collectives are no-ops.
+Plain PyTorch except where marked `# Ray:`. The loop needs a Ray Train context, because
+`ray.train.get_checkpoint` raises anywhere else.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from dymo_ray.tracking import MlflowRunLogger, NullLogger, RunLogger
 
 logger = logging.getLogger(__name__)
 
-# Model options a config may override; None keeps the model's default (see
-# `dymo_ray.recovery.multivae_adapter`).
+# Model options a config may override. None keeps the model's default, listed in
+# `dymo_ray.recovery.multivae_adapter`.
 MODEL_OPTION_KEYS = ("latent_dim", "style_dim", "hidden_dim", "beta", "num_clusters")
 
 
@@ -55,7 +55,7 @@ class RecoveryTrainConfig:
     epochs: int | None = None
     batch_size: int = 256
     learning_rate: float = 1e-3
-    # Model options; None takes the model's default.
+    # Model options. None takes the model's default.
     latent_dim: int | None = None
     style_dim: int | None = None
     hidden_dim: int | None = None
@@ -65,8 +65,8 @@ class RecoveryTrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     # Coherence: unimodal classifiers trained on the training split, scored on the test split.
-    classifier_epochs: int = 2
-    classifier_train_limit: int | None = 5000
+    classifier_epochs: int = 3
+    classifier_train_limit: int | None = None
     coherence_max_subsets: int | None = None
     # Rows of the validation split drawn in the PNG grid of each epoch.
     grid_rows: int = 8
@@ -138,8 +138,10 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 
 
 def grid_present(num_rows: int, num_modalities: int) -> torch.Tensor:
-    """Return a fixed `present` pattern for the sample grid: row i observes modality i mod M
-    alone when i < M, then every modality but i mod M, so each one is both shown and recovered.
+    """Return a fixed `present` pattern (num_rows, M) for the sample grid.
+
+    Rows 0..M-1 observe one modality each, rows M..2M-1 miss one modality each, and the
+    pattern repeats, so every modality is both shown and recovered.
     """
     present = torch.zeros((num_rows, num_modalities), dtype=torch.bool)
     for row in range(num_rows):
@@ -160,7 +162,7 @@ def _batches(data: SplitData, batch_size: int, generator: torch.Generator, devic
 
 
 def train_recovery(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point (also callable in one process).
+    """Ray Train worker entry point.
 
     Args:
         config: `train` (a RecoveryTrainConfig as a dict, epochs resolved), `data_dir`
@@ -172,7 +174,9 @@ def train_recovery(config: dict[str, Any]) -> None:
     context = worker_context()  # Ray: rank and world size
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
+    # Weights come from `init_seed` (the same on every rank), while the latent samples of
+    # the loss get a stream per rank.
+    torch.manual_seed(cfg.seed * 1_000 + context.rank)
     tracker: RunLogger = NullLogger()
     if context.is_main and config.get("run_id"):
         tracker = MlflowRunLogger(config["run_id"], config.get("tracking_uri"))
@@ -221,7 +225,7 @@ def train_recovery(config: dict[str, Any]) -> None:
         )
         seconds = time.perf_counter() - started
 
-        # Ray: sample-weighted means over workers; every rank has the same term names.
+        # Ray: sample-weighted means over workers. Every rank has the same term names.
         names = sorted(terms)
         totals = torch.tensor(
             [terms[name] * len(train) for name in names] + [float(len(train))],

@@ -8,9 +8,9 @@ import pytest
 
 from dymo_ray.data.builders import build_mdt, build_polymnist
 
-# 12 MNIST images per class: 8 train, 1 val, 3 test (70/10/20 % rounded), times the
-# multiplicities below; small enough for a 2-epoch run in seconds, large enough that every
-# class appears in every worker's shard.
+# 12 MNIST images per class give 8 train, 2 val and 2 test images per class. With the
+# multiplicities below that is 320 / 160 / 80 rows: a 2-epoch run takes seconds, and every
+# class still appears in each of two workers' shards.
 TINY_PER_CLASS = 12
 TINY_MULTIPLICITY = {"train": 4, "val": 8, "test": 4}
 

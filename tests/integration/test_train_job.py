@@ -99,7 +99,7 @@ def test_subsets_per_batch_above_limit_rejected(mlflow_store, tiny_polymnist):
 
 @pytest.mark.timeout(120)
 def test_dataset_mismatch_rejected(mlflow_store, tiny_mdt):
-    with pytest.raises(ConfigError, match="holds dataset 'mdt'"):
+    with pytest.raises(ConfigError, match="contains dataset 'mdt'"):
         run_training(tiny_config(tiny_mdt, dataset="polymnist"))
 
 
