@@ -44,8 +44,9 @@ EXIT_INTERRUPTED = 3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--name", help="sweep name; Tune state goes to <run folder>/tune/<name>")
+    sweep.add_argument("--name", help="sweep name, also the folder <run folder>/tune/<name>")
     sweep.add_argument("--resume", action="store_true",
                        help="continue the interrupted sweep --name with the settings saved at "
                             "its start (other flags are ignored)")
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sweep.add_argument("--tau", type=float, help="selection temperature when not sampled (default 0.1)")
     sweep.add_argument("--smoke", action="store_true",
                        help="tiny preset: 4 trials of 2 epochs on 1,024 training rows")
+
     train = parser.add_argument_group("training settings shared by every trial")
     train.add_argument("--dataset", help="polymnist (default) or mdt")
     train.add_argument("--config", help="YAML file of TrainConfig keys")

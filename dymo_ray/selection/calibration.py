@@ -77,7 +77,10 @@ def _version_key(model: nn.Module) -> tuple | None:
 
 def _compute_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    entries = sorted((_strip_wrapper_prefixes(name), tensor) for name, tensor in state.items())
+    entries = sorted(
+        ((_strip_wrapper_prefixes(name), tensor) for name, tensor in state.items()),
+        key=lambda entry: entry[0],
+    )
     for name, tensor in entries:
         values = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}|{values.dtype}|{tuple(tensor.shape)}|".encode())

@@ -1,10 +1,10 @@
 """Driver of a Ray Tune sweep: checks, the MLflow parent run, `Tuner.fit`, the winner.
 
-The driver resolves every path and checks every setting before Ray starts a trial, creates
-the parent run, writes the sweep's settings beside Tune's state (so `--resume` needs only
-the name), runs the trials, then picks the best trial and writes its config as YAML for
-`jobs/train.py --config`, plots the sweep, and registers the best trial's bundle
-(weights + calibration statistics) with the alias `tuned`. `jobs/tune.py` is the front end.
+The driver resolves every path and checks every setting before Ray starts a trial. It
+creates the parent run and writes the sweep's settings beside Tune's state, so `--resume`
+needs only the name. After the trials it picks the best one, writes its config as YAML for
+`jobs/train.py --config`, plots the sweep, and registers the best trial's bundle (weights +
+calibration statistics) with the alias `tuned`. `jobs/tune.py` is the front end.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class SweepError(RuntimeError):
 
 @dataclass
 class SweepOutcome:
-    """What a sweep produced. The best-trial fields are None when it was interrupted."""
+    """Outputs of a sweep. The best-trial fields are None when it was interrupted."""
 
     name: str
     path: Path
@@ -99,7 +99,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     callbacks: list[Any] | None = None,
 ) -> SweepOutcome:
-    """Run a new sweep to completion (or until interrupted); Ray must be initialised.
+    """Run a new sweep to completion or until interrupted. Ray must be initialised.
 
     Args:
         sweep: Search space, scheduler, searcher, objective and resources.
@@ -122,6 +122,11 @@ def run_sweep(
     from dymo_ray import tracking
 
     started = time.perf_counter()
+    if train_cfg.use_gpu:
+        raise ConfigError(
+            "use_gpu=true is not supported in a sweep: each trial trains in one process on "
+            "the CPU; set use_gpu=false"
+        )
     data_dir = resolve_data_dir(train_cfg)
     card = load_card(data_dir)
     if card.name != train_cfg.dataset:
@@ -208,7 +213,7 @@ def run_sweep(
 
 
 def resume_sweep(name: str) -> SweepOutcome:
-    """Resume an interrupted sweep from its Tune state and finish it; Ray must be initialised.
+    """Resume an interrupted sweep from its Tune state and finish it. Ray must be initialised.
 
     Finished trials are kept, unfinished ones resume from their last checkpoint, errored
     ones are retried, and the sweep's own settings (saved at its start) are used.
@@ -330,8 +335,8 @@ def _fit_and_finish(
         parent.end("FAILED")
         raise
 
-    # Tune's saved state has each trial's status (TERMINATED, ERROR, or PENDING / PAUSED
-    # when the sweep was interrupted); a `Result` does not.
+    # Tune's saved state has each trial's status: TERMINATED, ERROR, or PENDING / PAUSED
+    # when the sweep was interrupted. A `Result` does not have it.
     path = sweep_root() / settings["name"]
     statuses = {trial.trial_id: trial.status for trial in ExperimentAnalysis(str(path)).trials}
     results = {}

@@ -98,7 +98,8 @@ def dymo_validation_accuracy(
     recovered_used = 0
     for start in range(0, len(data), batch_size):
         observed = present[start:start + batch_size]
-        # Masked slots are zeroed before recovery, so nothing downstream sees a true value.
+        # Masked slots are zeroed before recovery, so no true value of a missing modality
+        # reaches the recovery model, the selector or the discard baseline.
         inputs = {
             name: _zero_missing(data.inputs[name][start:start + batch_size], observed[:, index])
             for index, name in enumerate(names)

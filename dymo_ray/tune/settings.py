@@ -94,6 +94,7 @@ class SweepConfig:
                     f"{name} {value!r} is unknown{_nearest(value, list(choices))}; "
                     f"valid choices: {list(choices)}"
                 )
+
         found += _log_range_problems("temperature_range", self.temperature_range)
         found += _log_range_problems("tau_range", self.tau_range)
         if self.subsets_range is not None:
@@ -104,6 +105,7 @@ class SweepConfig:
                 f"val_dymo objective; the objective is {self.objective!r}: set objective to "
                 "val_dymo or drop tune_tau"
             )
+
         if not (math.isfinite(self.tau) and self.tau > 0):
             found.append(f"tau must be a finite number > 0, got {self.tau}")
         if self.num_samples < 1:

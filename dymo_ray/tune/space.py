@@ -12,7 +12,7 @@ from dymo_ray.tune.settings import OBJECTIVE_KEYS, SweepConfig
 
 logger = logging.getLogger(__name__)
 
-# Every epoch reports this metric; ASHA compares trials on it at each rung.
+# Every epoch reports this metric, and ASHA compares trials on it at each rung.
 SCHEDULER_METRIC = "val_acc"
 
 

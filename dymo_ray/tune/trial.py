@@ -85,6 +85,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     """
     import ray.tune
 
+    # The trial process starts without logging handlers. With one, the loop's per-epoch
+    # line reaches the driver's console through Ray's log forwarding.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(settings, config)
     tau = float(config.get("tau", settings["sweep"]["tau"]))

@@ -177,3 +177,11 @@ def test_job_smoke_preset():
     assert train.train_limit == 1024
     assert train.width == 32
     assert isinstance(train, TrainConfig)
+
+
+def test_sweep_with_gpu_rejected(tiny_polymnist):
+    from dymo_ray.tune.driver import run_sweep
+
+    train = build_config(TrainConfig, {"data_dir": str(tiny_polymnist), "use_gpu": True})
+    with pytest.raises(ConfigError, match="use_gpu=true is not supported in a sweep"):
+        run_sweep(sweep_config(), train)
