@@ -1,7 +1,9 @@
 """Run the whole dymo_ray pipeline on the embedded defaults (what `make demo` runs).
 
-Stages: build the offline datasets and print their cards, then train the backbone on
-polymnist with Ray Train (MLflow tracking, registry) and print the discard accuracy table.
+Stages on polymnist: build the offline datasets and print their cards, train the MoPoE
+recovery model and print its coherence table, train the backbone (both on Ray Train, tracked
+and registered in MLflow) and print the discard table, then evaluate discard, impute-all,
+DyMo and oracle under random missingness and print that table.
 
     python jobs/pipeline.py            # full run, see README for the time it takes
     python jobs/pipeline.py --smoke    # the same stages on tiny presets
@@ -43,11 +45,24 @@ def main(argv: list[str] | None = None) -> int:
         folder = ensure_dataset(name)
         print(describe_card(load_card(folder), folder), flush=True)
 
-    banner("2. backbone (Ray Train, MLflow)")
-    import train  # jobs/train.py, beside this script
+    smoke = ["--smoke"] if args.smoke else []
+    banner("2. recovery model: MoPoE (Ray Train, MLflow)")
+    import evaluate  # jobs/evaluate.py, beside this script
+    import train  # jobs/train.py
+    import train_recovery  # jobs/train_recovery.py
 
-    train_args = ["--dataset", "polymnist"] + (["--smoke"] if args.smoke else [])
-    status = train.main(train_args)
+    status = train_recovery.main(["--dataset", "polymnist", "--model", "mopoe"] + smoke)
+    if status != 0:
+        return status
+
+    banner("3. backbone (Ray Train, MLflow)")
+    status = train.main(["--dataset", "polymnist"] + smoke)
+    if status != 0:
+        return status
+
+    banner("4. evaluation: discard, impute-all, DyMo, oracle")
+    limit = ["--limit", "512", "--no-progress"] if args.smoke else ["--no-progress"]
+    status = evaluate.main(["--dataset", "polymnist"] + limit)
     if status != 0:
         return status
 

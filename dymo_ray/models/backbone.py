@@ -197,7 +197,7 @@ class FusionBackbone(nn.Module):
             torch.arange(len(names)), torch.tensor(self.token_counts)
         )
         self.register_buffer("token_modality", token_modality, persistent=False)
-        self._kept_positions: dict[tuple[tuple[bool, ...], torch.device], torch.Tensor] = {}
+        self._kept_positions_cache: dict[tuple[tuple[bool, ...], torch.device], torch.Tensor] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -302,7 +302,7 @@ class FusionBackbone(nn.Module):
         """
         self._check_fuse_inputs(tokens, subset)
         if subset.dim() == 1:
-            cls_output = self._cls_output_kept(tokens, subset)
+            cls_output = self._cls_output_shared(tokens, subset)
         else:
             cls_output = self._cls_output_per_row(tokens, subset.to(tokens.device))
         return self._heads(cls_output)
@@ -356,21 +356,21 @@ class FusionBackbone(nn.Module):
         # per subset and device because the same few subsets come back every batch.
         device = self.token_modality.device
         key = (tuple(bool(v) for v in subset.tolist()), device)
-        kept = self._kept_positions.get(key)
-        if kept is None:
-            kept = torch.nonzero(subset.to(device)[self.token_modality]).flatten()
-            self._kept_positions[key] = kept
-        return kept
+        kept_positions = self._kept_positions_cache.get(key)
+        if kept_positions is None:
+            kept_positions = torch.nonzero(subset.to(device)[self.token_modality]).flatten()
+            self._kept_positions_cache[key] = kept_positions
+        return kept_positions
 
-    def _cls_output_kept(self, tokens: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
+    def _cls_output_shared(self, tokens: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
         # Exact token dropping: the tokens outside the subset are keys with weight 0 in the
         # masked computation and nothing reads their outputs, so leaving them out changes
         # nothing but float rounding.
-        kept = self._kept_token_positions(subset)
+        kept_positions = self._kept_token_positions(subset)
         batch = tokens.shape[0]
-        x = tokens.index_select(1, kept)
-        x = x + self.modality_embedding(self.token_modality[kept])
-        x = x + self.position_embedding[:, 1:].index_select(1, kept)
+        x = tokens.index_select(1, kept_positions)
+        x = x + self.modality_embedding(self.token_modality[kept_positions])
+        x = x + self.position_embedding[:, 1:].index_select(1, kept_positions)
         cls = (self.cls_token + self.position_embedding[:, :1]).expand(batch, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for block in self.blocks:
@@ -379,8 +379,8 @@ class FusionBackbone(nn.Module):
 
     def _cls_output_per_row(self, tokens: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
         # Token dropping with a subset per row. Rows that keep the same number of tokens form
-        # one group and run one pass, each row gathering its own kept tokens and embeddings, so
-        # no padding is needed. Outputs are put back in row order by inverting the grouping
+        # one group and run one pass, each row gathering its own kept tokens and embeddings,
+        # so no padding is needed. Outputs are put back in row order by inverting the grouping
         # permutation (index ops keep autograd intact).
         used = subset[:, self.token_modality]  # (B, N)
         kept_counts = used.sum(dim=1)
@@ -388,11 +388,11 @@ class FusionBackbone(nn.Module):
         for count in torch.unique(kept_counts).tolist():
             members = torch.nonzero(kept_counts == count).flatten()
             # nonzero lists positions row by row in increasing order: exactly `count` per row.
-            kept = torch.nonzero(used.index_select(0, members))[:, 1].reshape(-1, count)
-            gather_index = kept.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            kept_positions = torch.nonzero(used.index_select(0, members))[:, 1].reshape(-1, count)
+            gather_index = kept_positions.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
             x = torch.gather(tokens.index_select(0, members), 1, gather_index)
-            x = x + self.modality_embedding(self.token_modality[kept])
-            x = x + self.position_embedding[0, 1:][kept]
+            x = x + self.modality_embedding(self.token_modality[kept_positions])
+            x = x + self.position_embedding[0, 1:][kept_positions]
             cls = (self.cls_token + self.position_embedding[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
             for block in self.blocks:

@@ -347,6 +347,7 @@ def _fit_and_finish(
         summary = summarize_result(
             result, trial_id, statuses.get(trial_id, "PENDING"), objective_key,
             sweep.scheduler, sweep.tau, settings["epochs"],
+            _stopped_by_patience(result, settings["epochs"]),
         )
         results[summary.trial_id] = result
         trials.append(summary)
@@ -389,6 +390,14 @@ def _fit_and_finish(
     outcome.seconds = time.perf_counter() - started
     logger.info("sweep %s finished in %s", settings["name"], format_duration(outcome.seconds))
     return outcome
+
+
+def _stopped_by_patience(result: Any, epochs: int) -> bool:
+    """Return whether a trial's last checkpoint says the loop stopped on its patience rule."""
+    epochs_run = int((result.metrics or {}).get("epoch", 0) or 0)
+    if result.checkpoint is None or not 0 < epochs_run < epochs:
+        return False
+    return bool(read_checkpoint_state(result.checkpoint).get("stopped_early"))
 
 
 def _close_child_runs(

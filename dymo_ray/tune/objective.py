@@ -38,8 +38,8 @@ def training_calibration_stats(
 ) -> CalibrationStats:
     """Compute calibration statistics on the training rows a trial trained on.
 
-    The rows are the same seeded `train_limit` rows as the training loop's (all of them when
-    `train_limit` is None), and the whole split is used, unsharded.
+    The rows are the training loop's seeded `train_limit` rows, or every row when
+    `train_limit` is None. A trial is one process, so no rows are sharded away.
     """
     rows = _limited_rows(Path(data_dir), "train", train_limit, seed)
     train = load_split(data_dir, "train", rows=rows)

@@ -60,20 +60,25 @@ def summarize_result(
     scheduler: str,
     fixed_tau: float,
     epochs: int,
+    stopped_by_patience: bool,
 ) -> TrialSummary:
     """Summarize one Tune `Result` of a trial whose Tune status is `tune_status`.
 
-    A TERMINATED trial that neither ran every epoch nor returned on its own (Tune's `done`)
-    was stopped by the scheduler. PENDING, PAUSED and RUNNING trials are unfinished.
+    A TERMINATED trial finished when it ran every epoch, reported val_dymo (which comes
+    after the last epoch) or was stopped by the loop's own patience rule. Otherwise the
+    scheduler stopped it. Tune's `done` flag cannot tell these apart: in Ray 2.60 it is
+    true on the last result of a trial that ASHA stopped and false on a trial that returned.
+    PENDING, PAUSED and RUNNING trials are unfinished.
     """
     metrics = dict(result.metrics or {})
     config = dict(result.config or {})
     epochs_run = int(metrics.get("epoch", 0) or 0)
+    reported_dymo = math.isfinite(_number(metrics, "val_dymo"))
     if result.error is not None or tune_status == "ERROR":
         status = "error"
     elif tune_status != "TERMINATED":
         status = UNFINISHED
-    elif metrics.get("done") or epochs_run >= epochs:
+    elif epochs_run >= epochs or reported_dymo or stopped_by_patience:
         status = "finished"
     else:
         status = f"stopped by {scheduler}"
@@ -145,11 +150,12 @@ def plot_sweep(trials: list[TrialSummary], path: str | Path, title: str) -> Path
 
     figure = Figure(figsize=(6.0 * len(panels), 4.2), layout="constrained")
     FigureCanvasAgg(figure)  # Agg renders to a file without a display
-    # One colour per distinct A, so the colour bar reads as a legend of integers.
+    # One colour band per distinct A, in increasing order, so the colour bar reads as a
+    # legend of integers. Colours are looked up by the position of A in that order.
     subsets = sorted({t.subsets_per_batch for t in trials}) or [1]
-    bounds = [value - 0.5 for value in subsets] + [subsets[-1] + 0.5]
+    position = {value: index for index, value in enumerate(subsets)}
     colour_map = colormaps["viridis"].resampled(max(len(subsets), 2))
-    norm = BoundaryNorm(bounds, colour_map.N)
+    norm = BoundaryNorm([index - 0.5 for index in range(len(subsets) + 1)], colour_map.N)
     for index, (label, key, points) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
         legend = []
@@ -157,7 +163,7 @@ def plot_sweep(trials: list[TrialSummary], path: str | Path, title: str) -> Path
             chosen = [t for t in points if (t.status == "finished") == finished]
             if not chosen:
                 continue
-            colours = colour_map(norm([t.subsets_per_batch for t in chosen]))
+            colours = colour_map(norm([position[t.subsets_per_batch] for t in chosen]))
             axes.scatter(
                 [t.temperature for t in chosen],
                 [getattr(t, key) for t in chosen],
@@ -182,8 +188,9 @@ def plot_sweep(trials: list[TrialSummary], path: str | Path, title: str) -> Path
         if legend:
             axes.legend(handles=legend, loc="best", fontsize="small")
     colorbar = figure.colorbar(
-        ScalarMappable(norm=norm, cmap=colour_map), ax=figure.axes, ticks=subsets
+        ScalarMappable(norm=norm, cmap=colour_map), ax=figure.axes, ticks=range(len(subsets))
     )
+    colorbar.set_ticklabels([str(value) for value in subsets])
     colorbar.set_label("subsets per batch A")
     figure.suptitle(title)
     figure.savefig(path, dpi=110)

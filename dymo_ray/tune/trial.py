@@ -75,7 +75,7 @@ def open_child_run(
 
 
 def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Ray Tune function trainable: train one backbone, then report the objective.
+    """Train one backbone with the sampled values, then report the objective (a Tune trainable).
 
     Args:
         config: The sampled values: `temperature`, `subsets_per_batch` and, when tau is

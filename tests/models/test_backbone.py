@@ -264,7 +264,7 @@ def test_euclidean_embedding_raw(generator):
 
     with torch.no_grad():
         _, embedding = model(inputs, subset=subset)
-        cls_output = model._cls_output_kept(model.encode(inputs), subset)
+        cls_output = model._cls_output_shared(model.encode(inputs), subset)
 
     torch.testing.assert_close(embedding, model.projection(cls_output))
 
@@ -334,3 +334,12 @@ def test_fuse_token_shape_checked():
 
     with pytest.raises(ValueError, match=r"tokens must have shape \(batch, 10, 64\)"):
         model.fuse(torch.zeros(2, 9, 64), torch.ones(3, dtype=torch.bool))
+
+
+def test_forward_subsets_shape_checked(generator):
+    card = mdt_card()
+    model = build_model(card)
+    inputs = random_batch(card, 2, generator)
+
+    with pytest.raises(ValueError, match=r"subsets must have shape \(A, 3\) with A >= 1, got \(3,\)"):
+        model(inputs, subsets=torch.ones(3, dtype=torch.bool))

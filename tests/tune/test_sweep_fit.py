@@ -131,13 +131,13 @@ def test_smoke_sweep_end_to_end(ray_local, mlflow_store, tiny_polymnist, capsys)
 
 @pytest.mark.timeout(300)
 def test_sweep_nests_under_active_run_val_dymo(ray_local, mlflow_store, tiny_polymnist, tmp_path):
-    """An active run becomes the sweep's parent; val_dymo uses the registered recovery."""
+    """An active run becomes the sweep's parent, and val_dymo uses the registered recovery."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from dymo_ray.data.io import load_card
     from dymo_ray.recovery import build_recovery, save_recovery
-    from dymo_ray.tracking import MlflowRunLogger, register_artifact
+    from dymo_ray.tracking import MlflowRunLogger, ensure_experiment, register_artifact
 
     pytest.importorskip("optuna")
     client = MlflowClient(mlflow_store)
@@ -147,8 +147,11 @@ def test_sweep_nests_under_active_run_val_dymo(ray_local, mlflow_store, tiny_pol
     register_artifact(recovery_run.run_id, "recovery", "dymo-recovery-polymnist", "latest", uri=mlflow_store)
     recovery_run.end()
 
-    # The fluent API reads the store from MLFLOW_TRACKING_URI, set by `mlflow_store`.
-    with mlflow.start_run(run_name="outer") as outer:
+    # The fluent API reads the store from MLFLOW_TRACKING_URI, set by `mlflow_store`. The
+    # nested sweep logs into the outer run's experiment, so that experiment gets an artifact
+    # folder in the temporary store (MLflow's default experiment would write to ./mlruns).
+    outer_experiment = ensure_experiment("outer", mlflow_store)
+    with mlflow.start_run(run_name="outer", experiment_id=outer_experiment) as outer:
         outcome = run_sweep(
             sweep_config(name="dymo", num_samples=2, scheduler="fifo", search="optuna",
                          objective="val_dymo", tune_tau=True, subsets_range=[2, 3]),
