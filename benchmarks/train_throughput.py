@@ -14,9 +14,14 @@ the same initial weights:
 * encode once: `subset_loss`, which encodes once and fuses the kept tokens per subset.
 
 The methods take turns step by step, and samples/s is the batch size over the median step
-time, so that the load of a busy machine weighs less and falls on all methods alike. The first-step losses of the three methods are compared as a check that they
-compute the same thing. The data is the built polymnist train split when it exists under
-the run folder (or `--data`), else random uint8 images of the same shape.
+time, so that the load of a busy machine weighs less and falls on all methods alike. With
+`--clock cpu` a step is timed by the CPU time of this process instead, which shows the work
+of each method even when other processes share the cores. NOTE: idle OpenMP threads may
+spin, so CPU time on a busy machine overstates the work somewhat.
+
+The first-step losses of the three methods are compared as a check that they compute the
+same thing. The data is the built polymnist train split when it exists under the run folder
+(or `--data`), else random uint8 images of the same shape.
 """
 
 from __future__ import annotations
@@ -54,6 +59,13 @@ def parse_args() -> argparse.Namespace:
         "--data", default=None, help="built polymnist folder (default: <run folder>/data/polymnist)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and subsets")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="time steps by wall clock, or by this process's CPU time (all threads together), "
+        "which other processes on a busy machine disturb less",
+    )
     return parser.parse_args()
 
 
@@ -108,6 +120,7 @@ def run_methods(
     prototypes: torch.Tensor,
     warmup: int,
     seed: int,
+    clock,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Train one model per method on every batch, the methods taking turns step by step.
 
@@ -124,7 +137,7 @@ def run_methods(
 
     for step, ((inputs, labels), step_subsets) in enumerate(zip(batches, subsets)):
         for method in METHODS:
-            start = time.perf_counter()
+            start = clock()
             output = loss_function(method)(
                 models[method], inputs, labels, step_subsets, prototypes,
                 aux_weight=1.0, temperature=0.1, aux_enabled=True,
@@ -132,7 +145,7 @@ def run_methods(
             optimizers[method].zero_grad(set_to_none=True)
             output.loss.backward()
             optimizers[method].step()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if step == 0:
                 first_losses[method] = output.loss.item()
             if step >= warmup:
@@ -145,6 +158,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     counts = [int(value) for value in args.subsets.split(",")]
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     load_before = os.getloadavg()
 
     card, batches, source = load_batches(args, args.warmup + args.steps)
@@ -159,9 +173,11 @@ def main() -> None:
     print(f"data: {source}")
     print(
         f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
-        f"torch threads {torch.get_num_threads()}, load average before {load_before[0]:.2f}"
+        f"torch threads {torch.get_num_threads()}, {args.clock} clock, "
+        f"load average before {load_before[0]:.2f}"
     )
-    method_columns = " | ".join(f"{method} (samples/s)" for method in METHODS)
+    unit = "samples/s" if args.clock == "wall" else "samples per CPU second"
+    method_columns = " | ".join(f"{method} ({unit})" for method in METHODS)
     header = (
         f"| A | {method_columns} | speed-up vs all tokens | vs kept tokens "
         "| max first-loss diff |"
@@ -171,7 +187,7 @@ def main() -> None:
     for count in counts:
         subsets = [sample_subsets(card.num_modalities, count, generator) for _ in batches]
         durations, losses = run_methods(
-            card, batches, subsets, prototypes, args.warmup, args.seed
+            card, batches, subsets, prototypes, args.warmup, args.seed, clock
         )
         rates = {m: args.batch_size / statistics.median(durations[m]) for m in METHODS}
         loss_gap = max(abs(losses[m] - losses["encode once"]) for m in METHODS)

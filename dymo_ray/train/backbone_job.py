@@ -132,6 +132,10 @@ def run_training(
             "set dataset to match"
         )
     cfg = replace(resolve_config(cfg, card), data_dir=str(data_dir))
+    # Check the files against the card here, so that a mismatch fails before any worker
+    # starts, with the file and the column named (CardError).
+    for split in ("train", "val"):
+        load_split(data_dir, split, limit=1)
     backbone_config = backbone_config_for(cfg, card)
     check_cluster_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu, cfg.gpus_per_worker)
 

@@ -1,7 +1,8 @@
 """Ray Train worker loop of the backbone: incomplete-simulation training with prototypes.
 
 Plain PyTorch except where marked `# Ray:`. The same loop runs as a Ray Tune function trial
-(`session="tune"`), in one process, where collectives are no-ops.
+(`session="tune"`) and in one process without Ray (`session="local"`); in both,
+collectives are no-ops.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
         config: `train` (a TrainConfig as a dict, defaults already resolved), `data_dir`
             (absolute), `backbone` (BackboneConfig as a dict), `tracking_uri` and `run_id`
             (MLflow run to log to from rank 0, or None), and optionally:
-            `session`: "train" (default, a Ray Train worker) or "tune" (a Tune function
-            trial: one process, reports and checkpoints through `ray.tune`);
+            `session`: "train" (default, a Ray Train worker), "tune" (a Tune function
+            trial: one process, reports and checkpoints through `ray.tune`) or "local"
+            (one process without Ray: no reports, no checkpoints);
             `report_defaults`: metrics added to every epoch's report, e.g. {"val_dymo": nan}
             from a sweep whose searcher requires its metric in every result;
             `fault_injection` {"epoch": int, "marker": path} for the failure-recovery test.

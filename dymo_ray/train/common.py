@@ -24,7 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-SESSIONS = ("train", "tune")
+SESSIONS = ("train", "tune", "local")
 
 
 class ClusterTooSmallError(RuntimeError):
@@ -118,7 +118,7 @@ def worker_context(session: str = "train") -> WorkerContext:
     A Tune trial (`session="tune"`) is a single process without a process group, so it is
     rank 0 of 1.
     """
-    if session == "tune":
+    if session in ("tune", "local"):
         return WorkerContext(0, 1)
     if session not in SESSIONS:
         raise ValueError(f"unknown Ray session {session!r}; valid sessions: {list(SESSIONS)}")
@@ -145,8 +145,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def load_checkpoint_state(session: str = "train") -> dict[str, Any] | None:
     """Return the state stored in the latest checkpoint of `session`, or None on a fresh start.
 
-    In a Tune trial this is the checkpoint the trial resumes from after a restore.
+    In a Tune trial this is the checkpoint the trial resumes from after a restore. A
+    `"local"` session (one process, no Ray) has no checkpoints.
     """
+    if session == "local":
+        return None
     checkpoint = _session_api(session).get_checkpoint()
     if checkpoint is None:
         return None
@@ -163,8 +166,11 @@ def report_epoch(
     """Report one epoch's metrics on every rank, with a checkpoint from rank 0.
 
     `ray.train.report` is a barrier: every rank must call it the same number of times. With
-    `session="tune"` the report goes to `ray.tune.report` (one rank).
+    `session="tune"` the report goes to `ray.tune.report` (one rank); `session="local"`
+    reports nothing.
     """
+    if session == "local":
+        return
     api = _session_api(session)
     if is_main and state is not None:
         with tempfile.TemporaryDirectory(prefix="dymo_ray_ckpt_") as folder:

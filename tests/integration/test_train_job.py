@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,44 @@ def test_bundle_with_foreign_statistics_rejected(trained, tmp_path):
     torch.save(state, folder / "weights.pt")
     with pytest.raises(BundleError, match="calibration statistics do not match"):
         load_bundle(folder)
+
+
+@pytest.mark.timeout(120)
+def test_card_not_matching_files_rejected(mlflow_store, tiny_polymnist, tmp_path):
+    from dymo_ray.data.spec import CardError
+
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_polymnist, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["modalities"][0]["shape"] = [3, 32, 32]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CardError, match="m0"):
+        run_training(tiny_config(folder))
+
+
+def test_bundle_for_other_card_rejected(trained, tiny_mdt):
+    from dymo_ray.data.io import load_card
+
+    outcome, _ = trained
+    with pytest.raises(BundleError, match="modality names differ"):
+        load_bundle(outcome.bundle_dir, expected_card=load_card(tiny_mdt))
+
+
+@pytest.mark.timeout(120)
+def test_non_finite_loss_names_epoch_and_step(tiny_polymnist):
+    """A diverging run stops with the epoch and step instead of training on NaN."""
+    from dymo_ray.config import config_to_dict
+    from dymo_ray.data.io import load_card
+    from dymo_ray.train.backbone_job import backbone_config_for, resolve_config
+    from dymo_ray.train.backbone_loop import NonFiniteLossError, train_backbone
+
+    card = load_card(tiny_polymnist)
+    cfg = resolve_config(tiny_config(tiny_polymnist, learning_rate=1e30, num_workers=0), card)
+    config = {
+        "train": config_to_dict(cfg),
+        "data_dir": str(tiny_polymnist),
+        "backbone": backbone_config_for(cfg, card).to_dict(),
+        "session": "local",
+    }
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1 step \d+"):
+        train_backbone(config)
