@@ -128,8 +128,8 @@ def evaluate_strategies(
 ) -> list[dict[str, Any]]:
     """Score discard, impute-all, DyMo and oracle on one split under each protocol.
 
-    For each protocol the present mask is drawn once with `seed`; each batch is recovered
-    once (seeded by `seed` and the batch index, so reruns match) and the same completed
+    For each protocol the present mask is drawn once with `seed`. Each batch is recovered
+    once, seeded by `seed` and the batch index so that reruns match, and the same completed
     inputs feed impute-all and DyMo. The oracle uses every modality with its true values.
 
     Args:

@@ -69,7 +69,7 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
 
 
 class RunLogger(Protocol):
-    """What training code needs from a tracker; `MlflowRunLogger` and `NullLogger` provide it."""
+    """Tracker interface used by training code, implemented by `MlflowRunLogger` and `NullLogger`."""
 
     run_id: str | None
 

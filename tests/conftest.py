@@ -32,3 +32,32 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DYMO_RAY_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+# 12 MNIST images per class give 8 train, 2 val and 2 test images per class. With these
+# multiplicities that is 320 / 160 / 80 rows: a 2-epoch run takes seconds, and every class
+# still appears in each of two workers' shards and in every calibration subset.
+TINY_PER_CLASS = 12
+TINY_MULTIPLICITY = {"train": 4, "val": 8, "test": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_polymnist(tmp_path_factory):
+    """A tiny real PolyMNIST (seed 1), built once per session and shared read-only."""
+    from dymo_ray.data.builders import build_polymnist
+
+    out = tmp_path_factory.mktemp("tiny_polymnist")
+    build_polymnist(out, seed=1, multiplicity=TINY_MULTIPLICITY,
+                    per_class_limit=TINY_PER_CLASS, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mdt(tmp_path_factory):
+    """A tiny real MNIST-Digits-Text (seed 1), built once per session and shared read-only."""
+    from dymo_ray.data.builders import build_mdt
+
+    out = tmp_path_factory.mktemp("tiny_mdt")
+    build_mdt(out, seed=1, multiplicity=TINY_MULTIPLICITY,
+              per_class_limit=TINY_PER_CLASS, progress=False)
+    return out

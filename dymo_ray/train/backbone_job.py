@@ -189,7 +189,7 @@ def run_training(
         train_rows = _limited_rows(data_dir, "train", cfg.train_limit, cfg.seed)
         train_data = load_split(data_dir, "train", rows=train_rows)
         # TODO(calibration speed): this pass runs in one process and took about 7 minutes for
-        # 14,000 PolyMNIST rows on a loaded 2-core machine; sharding it over the Ray Train
+        # 14,000 PolyMNIST rows on a loaded 2-core machine. Sharding it over the Ray Train
         # workers (class sums all-reduced, then a second pass for sigma) would divide it.
         with torch.inference_mode():
             stats = compute_calibration_stats(

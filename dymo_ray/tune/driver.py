@@ -393,7 +393,7 @@ def _fit_and_finish(
 
 
 def _stopped_by_patience(result: Any, epochs: int) -> bool:
-    """Return whether a trial's last checkpoint says the loop stopped on its patience rule."""
+    """Return whether a trial's last checkpoint records a stop by the patience rule."""
     epochs_run = int((result.metrics or {}).get("epoch", 0) or 0)
     if result.checkpoint is None or not 0 < epochs_run < epochs:
         return False

@@ -40,7 +40,7 @@ def ray_head():
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
             "--num-cpus=1", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-            # The session's own local Ray already holds the default agent port (52365); a
+            # The session's own local Ray already uses the default agent port (52365); a
             # head whose agent cannot bind it rejects jobs with "No available agent".
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
