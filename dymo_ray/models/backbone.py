@@ -18,8 +18,9 @@ The model computes f(x, S) -> (logits z, embedding h) in two stages:
 Because the keys outside S are masked and no token of S reads them, `fuse` runs the
 transformer on the CLS token and the tokens of S alone, each keeping its own positional and
 modality embedding. The CLS output is the same up to float rounding, because a bias of -1e9
-gives an attention weight of exactly 0 in float32. `_fuse_full_masked` keeps the literal
-masked computation for the tests that prove this.
+gives an attention weight of exactly 0 in float32. Since only the CLS output is read, the
+last block also computes the CLS row alone. `_fuse_full_masked` keeps the literal masked
+computation on every position for the tests that prove both shortcuts.
 """
 
 from __future__ import annotations
@@ -127,14 +128,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend over x (B, T, d); `bias` (B, 1, 1, T) is added to the attention logits."""
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, queries: int | None = None
+    ) -> torch.Tensor:
+        """Attend over x (B, T, d); `bias` (B, 1, 1, T) is added to the attention logits.
+
+        With `queries` = n, only the first n positions ask (every position is still a key and
+        a value) and the output is (B, n, d): the same rows as the full output.
+        """
         batch, length, width = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if queries is not None:
+            q = q[:, :, :queries]
         # Scale is (d / heads) ** -0.5, the default of scaled_dot_product_attention.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        return self.proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
 
 
 class Block(nn.Module):
@@ -151,8 +160,14 @@ class Block(nn.Module):
             nn.Linear(mlp_ratio * width, width),
         )
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), bias)
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, cls_only: bool = False
+    ) -> torch.Tensor:
+        """Return the block output (B, T, d), or only its first (CLS) row (B, 1, d)."""
+        if cls_only:
+            x = x[:, :1] + self.attn(self.norm1(x), bias, queries=1)
+        else:
+            x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -373,9 +388,7 @@ class FusionBackbone(nn.Module):
         x = x + self.position_embedding[:, 1:].index_select(1, kept_positions)
         cls = (self.cls_token + self.position_embedding[:, :1]).expand(batch, -1, -1)
         x = torch.cat([cls, x], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return x[:, 0]
+        return self._run_blocks(x)
 
     def _cls_output_per_row(self, tokens: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
         # Token dropping with a subset per row. Rows that keep the same number of tokens form
@@ -395,14 +408,21 @@ class FusionBackbone(nn.Module):
             x = x + self.position_embedding[0, 1:][kept_positions]
             cls = (self.cls_token + self.position_embedding[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
-            for block in self.blocks:
-                x = block(x)
-            outputs.append(x[:, 0])
+            outputs.append(self._run_blocks(x))
             rows.append(members)
         if len(outputs) == 1:
             return outputs[0]  # one group contains every row, already in row order
         order = torch.argsort(torch.cat(rows))
         return torch.cat(outputs, dim=0).index_select(0, order)
+
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        # Only the CLS output is read, so the last block computes the CLS row alone: the other
+        # rows of its attention and MLP would be discarded. Earlier blocks run in full,
+        # because the last block attends to their outputs at every position.
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            x = block(x, cls_only=index == last)
+        return x[:, 0]
 
     def _heads(self, cls_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(cls_output)

@@ -161,9 +161,9 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
             `fault_injection` {"epoch": int, "marker": path} for the failure-recovery test.
 
     Returns:
-        In a Tune session, the state of the last checkpoint written (weights, best weights,
-        epoch, best val acc), or the resumed checkpoint's state when no epoch was left to
-        run. None in a Ray Train session.
+        In a Tune or local session, the state of the last epoch (weights, best weights,
+        epoch, best val acc), or in Tune the resumed checkpoint's state when no epoch was
+        left to run. None in a Ray Train session.
     """
     cfg: TrainConfig = build_config(TrainConfig, config["train"])
     session = config.get("session", "train")
@@ -325,9 +325,9 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
                     cfg.min_delta, stale_epochs, best_acc, best_epoch,
                 )
             break
-    # Ray Train V2 fails a training function that returns tensors, so only a Tune trial,
-    # which runs the loop as a plain call, gets the final state back.
-    return last_state if session == "tune" else None
+    # Ray Train V2 fails a training function that returns tensors, so only a Tune trial and
+    # a local run, which run the loop as a plain call, get the final state back.
+    return last_state if session in ("tune", "local") else None
 
 
 def _in_ray_train() -> bool:
