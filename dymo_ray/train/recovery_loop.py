@@ -52,8 +52,10 @@ class RecoveryTrainConfig:
     data_dir: str | None = None
     seed: int = 0
     # Optimisation. The authors trained MoPoE with Adam, learning rate 1e-3, batch 256.
+    # `batch_size` is per worker, and None takes the dataset's DEFAULT_BATCH_SIZE from
+    # recovery_job, which is small on PolyMNIST to get more steps per minute.
     epochs: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None
     learning_rate: float = 1e-3
     # Model options. None takes the model's default.
     latent_dim: int | None = None
@@ -96,10 +98,10 @@ class RecoveryTrainConfig:
                 f"model {self.model!r} is unknown{_suggest(self.model, GENERATIVE_RECOVERIES)}; "
                 f"valid models: {list(GENERATIVE_RECOVERIES)}"
             )
-        for name in ("batch_size", "learning_rate", "cpus_per_worker", "gpus_per_worker"):
+        for name in ("learning_rate", "cpus_per_worker", "gpus_per_worker"):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("epochs", "train_limit", "test_limit", "classifier_train_limit",
+        for name in ("epochs", "batch_size", "train_limit", "test_limit", "classifier_train_limit",
                      "coherence_max_subsets", "torch_threads", "latent_dim", "hidden_dim",
                      "num_clusters"):
             value = getattr(self, name)
