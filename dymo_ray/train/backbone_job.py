@@ -26,8 +26,13 @@ from dymo_ray.paths import data_dir as default_data_dir
 from dymo_ray.paths import run_dir
 from dymo_ray.selection.calibration import compute_calibration_stats
 from dymo_ray.subsets import num_subsets
-from dymo_ray.train.backbone_loop import batches, train_backbone, _limited_rows
-from dymo_ray.train.common import check_cluster_fits, format_duration, read_checkpoint_state
+from dymo_ray.train.backbone_loop import batches, train_backbone
+from dymo_ray.train.common import (
+    check_cluster_fits,
+    format_duration,
+    limited_rows,
+    read_checkpoint_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +193,7 @@ def run_training(
         model.eval()
         logger.info("computing calibration statistics on the training split (best epoch %d)",
                     state["best_epoch"])
-        train_rows = _limited_rows(data_dir, "train", cfg.train_limit, cfg.seed)
+        train_rows = limited_rows(data_dir, "train", cfg.train_limit, cfg.seed)
         train_data = load_split(data_dir, "train", rows=train_rows)
         # One process is enough here. The pass encodes each row once and fuses it under every
         # subset, which took 21 s for 14,000 PolyMNIST rows and 31 subsets on 2 idle cores.

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dymo_ray.config import TrainConfig, build_config
@@ -27,8 +25,12 @@ from dymo_ray.train.common import (
     EpochTimer,
     all_reduce_sum,
     format_duration,
+    in_ray_train,
+    limited_rows,
     load_checkpoint_state,
+    maybe_inject_fault,
     report_epoch,
+    shard_rows,
     worker_context,
 )
 from dymo_ray.tracking import MlflowRunLogger, NullLogger, RunLogger
@@ -101,17 +103,6 @@ class PrototypeAccumulator:
         return (self.sums / self.counts.unsqueeze(1)).float()
 
 
-def shard_rows(num_rows: int, rank: int, world_size: int, seed: int) -> np.ndarray:
-    """Return this rank's rows of a seeded permutation, equal in count on every rank.
-
-    Every rank must run the same number of steps (DDP's all-reduce is collective), so the
-    shard size is floor(N / world_size) and up to world_size - 1 rows sit out each epoch.
-    """
-    order = np.random.default_rng(seed).permutation(num_rows)
-    per_rank = num_rows // world_size
-    return np.sort(order[rank * per_rank:(rank + 1) * per_rank])
-
-
 def batches(data: SplitData, batch_size: int, generator: torch.Generator | None):
     """Yield (inputs, labels) batches, shuffled when a generator is given."""
     count = len(data)
@@ -177,8 +168,8 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
 
     # ---------------------------------------------------------------- data
     data_dir = Path(config["data_dir"])
-    train_full = load_split(data_dir, "train", rows=_limited_rows(data_dir, "train", cfg.train_limit, cfg.seed))
-    val_full = load_split(data_dir, "val", rows=_limited_rows(data_dir, "val", cfg.val_limit, cfg.seed))
+    train_full = load_split(data_dir, "train", rows=limited_rows(data_dir, "train", cfg.train_limit, cfg.seed))
+    val_full = load_split(data_dir, "val", rows=limited_rows(data_dir, "val", cfg.val_limit, cfg.seed))
     train = train_full.subset(shard_rows(len(train_full), context.rank, context.world_size, cfg.seed))
     val = val_full.subset(shard_rows(len(val_full), context.rank, context.world_size, cfg.seed))
     card = train.card
@@ -189,7 +180,7 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
     backbone = FusionBackbone(card, backbone_config)
     model: torch.nn.Module = backbone
     # A Tune trial is one process with no DDP, and `ray.train.get_context` raises there.
-    if session == "train" and _in_ray_train():
+    if session == "train" and in_ray_train():
         import ray.train.torch
 
         # Ray: moves the model to the worker's device and wraps it in DDP when there are
@@ -226,7 +217,7 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
     subsets_per_batch = int(cfg.subsets_per_batch)
     model.train()
     for epoch in range(start_epoch, total_epochs):
-        _maybe_inject_fault(config.get("fault_injection"), epoch, context.rank)
+        maybe_inject_fault(config.get("fault_injection"), epoch, context.rank)
         aux_enabled = prototypes is not None and epoch >= cfg.aux_start_epoch
         accumulator = PrototypeAccumulator(num_classes, backbone_config.projection_dim)
         loss_sum = torch.zeros(4, dtype=torch.float64)  # loss, ce, aux, steps
@@ -329,41 +320,3 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
     # a local run, which run the loop as a plain call, get the final state back.
     return last_state if session in ("tune", "local") else None
 
-
-def _in_ray_train() -> bool:
-    import ray.train
-
-    try:
-        ray.train.get_context().get_world_size()
-        return True
-    except (RuntimeError, AttributeError, ValueError):
-        return False
-
-
-def _limited_rows(data_dir: Path, split: str, limit: int | None, seed: int) -> np.ndarray | None:
-    """Return `limit` seeded random row indices of a split (classes stay mixed), or None."""
-    if limit is None:
-        return None
-    from dymo_ray.data.spec import DatasetCard
-
-    total = DatasetCard.load(data_dir).splits.get(split)
-    if total is None or limit >= total:
-        return None
-    return np.sort(np.random.default_rng(seed + 7).permutation(total)[:limit])
-
-
-def _maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
-    # Test hook: kill the rank-1 (or only) worker process once at the given epoch, so the
-    # failure-recovery test can check that training resumes from the last checkpoint.
-    if not fault or epoch != fault["epoch"]:
-        return
-    marker = Path(fault["marker"])
-    target_rank = fault.get("rank", 0)
-    if rank == target_rank and not marker.exists():
-        marker.write_text(f"killed at epoch {epoch + 1}\n")
-        # Ray Train V2 registers a reported checkpoint only when its controller next polls
-        # the workers. Crashing a few seconds into the epoch, as real failures do, lets the
-        # previous epoch's checkpoint be registered first.
-        time.sleep(5)
-        logger.warning("fault injection: killing worker rank %d at epoch %d", rank, epoch + 1)
-        os._exit(1)

@@ -7,6 +7,9 @@ uses `ray.tune.report` and `ray.tune.get_checkpoint` instead.
 
 Checkpoints are a folder holding one `state.pt` (plain tensors and Python values, loaded with
 `map_location="cpu"`), so a checkpoint written on a GPU worker loads on a CPU-only machine.
+
+Both loops also share the seeded row limits and shards of this module, and its fault hook
+that the failure-recovery tests use.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -213,3 +217,57 @@ class EpochTimer:
         done = finished_epoch + 1 - self.start_epoch
         remaining = self.total_epochs - finished_epoch - 1
         return self.elapsed() / max(done, 1) * max(remaining, 0)
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int, seed: int) -> np.ndarray:
+    """Return this rank's rows of a seeded permutation, equal in count on every rank.
+
+    Every rank must run the same number of steps (DDP's all-reduce is collective), so the
+    shard size is floor(N / world_size) and up to world_size - 1 rows sit out each epoch.
+    """
+    order = np.random.default_rng(seed).permutation(num_rows)
+    per_rank = num_rows // world_size
+    return np.sort(order[rank * per_rank:(rank + 1) * per_rank])
+
+
+def in_ray_train() -> bool:
+    """Return True inside a Ray Train worker (where `ray.train.get_context` works)."""
+    import ray.train
+
+    try:
+        ray.train.get_context().get_world_size()
+        return True
+    except (RuntimeError, AttributeError, ValueError):
+        return False
+
+
+def limited_rows(data_dir: Path, split: str, limit: int | None, seed: int) -> np.ndarray | None:
+    """Return `limit` seeded random row indices of a split (classes stay mixed), or None."""
+    if limit is None:
+        return None
+    from dymo_ray.data.spec import DatasetCard
+
+    total = DatasetCard.load(data_dir).splits.get(split)
+    if total is None or limit >= total:
+        return None
+    return np.sort(np.random.default_rng(seed + 7).permutation(total)[:limit])
+
+
+def maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+    """Kill this worker once at `fault["epoch"]` if its rank is `fault["rank"]` (default 0).
+
+    A test hook: the failure-recovery tests check that training then resumes from the last
+    checkpoint. The marker file makes the kill happen once across restarts.
+    """
+    if not fault or epoch != fault["epoch"]:
+        return
+    marker = Path(fault["marker"])
+    target_rank = fault.get("rank", 0)
+    if rank == target_rank and not marker.exists():
+        marker.write_text(f"killed at epoch {epoch + 1}\n")
+        # Ray Train V2 registers a reported checkpoint only when its controller next polls
+        # the workers. Crashing a few seconds into the epoch, as real failures do, lets the
+        # previous epoch's checkpoint be registered first.
+        time.sleep(5)
+        logger.warning("fault injection: killing worker rank %d at epoch %d", rank, epoch + 1)
+        os._exit(1)

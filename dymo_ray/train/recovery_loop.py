@@ -21,13 +21,16 @@ from dymo_ray.data.io import SplitData, load_split
 from dymo_ray.data.spec import DatasetCard
 from dymo_ray.recovery import build_recovery, recovered_sample_grid, train_recovery_epoch, write_png
 from dymo_ray.recovery.factory import GENERATIVE_RECOVERIES
-from dymo_ray.train.backbone_loop import _in_ray_train, _limited_rows, _maybe_inject_fault, shard_rows
 from dymo_ray.train.common import (
     EpochTimer,
     all_reduce_sum,
     format_duration,
+    in_ray_train,
+    limited_rows,
     load_checkpoint_state,
+    maybe_inject_fault,
     report_epoch,
+    shard_rows,
     worker_context,
 )
 from dymo_ray.tracking import MlflowRunLogger, NullLogger, RunLogger
@@ -185,7 +188,7 @@ def train_recovery(config: dict[str, Any]) -> None:
 
     # ---------------------------------------------------------------- data
     data_dir = Path(config["data_dir"])
-    train_rows = _limited_rows(data_dir, "train", cfg.train_limit, cfg.seed)
+    train_rows = limited_rows(data_dir, "train", cfg.train_limit, cfg.seed)
     train_full = load_split(data_dir, "train", rows=train_rows)
     train = train_full.subset(shard_rows(len(train_full), context.rank, context.world_size, cfg.seed))
     card: DatasetCard = train.card
@@ -194,7 +197,7 @@ def train_recovery(config: dict[str, Any]) -> None:
     # ---------------------------------------------------------------- model
     recovery = build_recovery(cfg.model, card, init_seed=cfg.seed, **cfg.model_options())
     model: torch.nn.Module = recovery.model
-    if _in_ray_train():
+    if in_ray_train():
         import ray.train.torch
 
         # Ray: moves the model to the worker's device and wraps it in DDP with several
@@ -219,7 +222,7 @@ def train_recovery(config: dict[str, Any]) -> None:
     total_epochs = int(cfg.epochs)
     timer = EpochTimer(total_epochs, start_epoch)
     for epoch in range(start_epoch, total_epochs):
-        _maybe_inject_fault(config.get("fault_injection"), epoch, context.rank)
+        maybe_inject_fault(config.get("fault_injection"), epoch, context.rank)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + context.rank)
         started = time.perf_counter()
         terms = train_recovery_epoch(

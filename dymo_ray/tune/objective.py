@@ -26,7 +26,8 @@ from dymo_ray.selection import (
     discard_predict,
     select,
 )
-from dymo_ray.train.backbone_loop import _limited_rows, batches
+from dymo_ray.train.backbone_loop import batches
+from dymo_ray.train.common import limited_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def training_calibration_stats(
     The rows are the training loop's seeded `train_limit` rows, or every row when
     `train_limit` is None. A trial is one process, so no rows are sharded away.
     """
-    rows = _limited_rows(Path(data_dir), "train", train_limit, seed)
+    rows = limited_rows(Path(data_dir), "train", train_limit, seed)
     train = load_split(data_dir, "train", rows=rows)
     with torch.inference_mode():
         return compute_calibration_stats(

@@ -20,7 +20,8 @@ from dymo_ray.data.io import load_card, load_split
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
 from dymo_ray.selection import SelectionConfig
 from dymo_ray.tracking import MlflowRunLogger, _client
-from dymo_ray.train.backbone_loop import _limited_rows, train_backbone
+from dymo_ray.train.backbone_loop import train_backbone
+from dymo_ray.train.common import limited_rows
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _report_dymo_objective(
     model.load_state_dict(final_state["best_model"])
     model.eval()
     stats = training_calibration_stats(model, settings["data_dir"], cfg.train_limit, cfg.seed)
-    val_rows = _limited_rows(settings["data_dir"], "val", cfg.val_limit, cfg.seed)
+    val_rows = limited_rows(settings["data_dir"], "val", cfg.val_limit, cfg.seed)
     val = load_split(settings["data_dir"], "val", rows=val_rows)
     recovery = load_trial_recovery(settings["recovery"], card, settings["tracking_uri"])
     sweep = settings["sweep"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dymo_ray.train.backbone_loop import PrototypeAccumulator, shard_rows
+from dymo_ray.train.backbone_loop import PrototypeAccumulator
+from dymo_ray.train.common import shard_rows
 
 NUM_ROWS, NUM_SUBSETS, NUM_CLASSES, DIM = 40, 3, 4, 5
 
