@@ -149,7 +149,9 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
             (one process without Ray: no reports, no checkpoints);
             `report_defaults`: metrics added to every epoch's report, e.g. {"val_dymo": nan}
             from a sweep whose searcher requires its metric in every result;
-            `fault_injection` {"epoch": int, "marker": path} for the failure-recovery test.
+            `fault_injection` {"epoch": int, "marker": path} for the failure-recovery test;
+            `local_checkpoint_dir`: where checkpoints are kept in Ray Train's local mode
+            (`num_workers=0`), see `report_epoch`.
 
     Returns:
         In a Tune or local session, the state of the last epoch (weights, best weights,
@@ -308,6 +310,7 @@ def train_backbone(config: dict[str, Any]) -> dict[str, Any] | None:
             checkpoint_state,
             context.is_main,
             session,
+            keep_dir=config.get("local_checkpoint_dir"),
         )
         if stop_early:
             if context.is_main:

@@ -166,22 +166,51 @@ def report_epoch(
     state: dict[str, Any] | None,
     is_main: bool,
     session: str = "train",
+    keep_dir: str | Path | None = None,
 ) -> None:
     """Report one epoch's metrics on every rank, with a checkpoint from rank 0.
 
     `ray.train.report` is a barrier: every rank must call it the same number of times. With
     `session="tune"` the report goes to `ray.tune.report` (one rank); `session="local"`
     reports nothing.
+
+    Args:
+        metrics: The epoch's metrics; "epoch" names the checkpoint folder under `keep_dir`.
+        state: The checkpoint state (rank 0), or None to report metrics only.
+        is_main: True on rank 0.
+        session: "train", "tune" or "local".
+        keep_dir: Folder in which each checkpoint is written and kept. Ray Train's local
+            mode (`num_workers=0`) keeps a reference to the reported folder instead of
+            copying it to storage, so a temporary folder would be gone when the driver
+            reads the result. With None, the checkpoint goes through a temporary folder.
     """
     if session == "local":
         return
     api = _session_api(session)
-    if is_main and state is not None:
-        with tempfile.TemporaryDirectory(prefix="dymo_ray_ckpt_") as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
-            api.report(metrics, checkpoint=api.Checkpoint.from_directory(folder))
-    else:
+    if not is_main or state is None:
         api.report(metrics, checkpoint=None)
+        return
+    if keep_dir is not None:
+        folder = Path(keep_dir) / f"epoch_{int(metrics.get('epoch', 0)):04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state, folder / STATE_FILE)
+        api.report(metrics, checkpoint=api.Checkpoint.from_directory(str(folder)))
+        return
+    with tempfile.TemporaryDirectory(prefix="dymo_ray_ckpt_") as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        api.report(metrics, checkpoint=api.Checkpoint.from_directory(folder))
+
+
+def local_checkpoint_dir(storage: str | Path, run_name: str, num_workers: int) -> str | None:
+    """Return where checkpoints are kept in Ray Train's local mode, or None with workers.
+
+    With `num_workers=0` Ray Train runs the loop in the driver and keeps a reference to each
+    reported checkpoint folder without copying it, so the loop writes them under
+    `<storage>/<run_name>/local_checkpoints/` (see `report_epoch`).
+    """
+    if num_workers != 0:
+        return None
+    return str(Path(storage) / run_name / "local_checkpoints")
 
 
 def read_checkpoint_state(checkpoint: Any) -> dict[str, Any]:

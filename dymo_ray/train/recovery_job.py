@@ -25,7 +25,12 @@ from dymo_ray.paths import run_dir
 from dymo_ray.recovery import Recovery, build_recovery, save_recovery
 from dymo_ray.recovery.coherence import CoherenceTable, coherence_table, train_unimodal_classifiers
 from dymo_ray.train.backbone_job import resolve_data_dir
-from dymo_ray.train.common import check_cluster_fits, format_duration, read_checkpoint_state
+from dymo_ray.train.common import (
+    check_cluster_fits,
+    format_duration,
+    local_checkpoint_dir,
+    read_checkpoint_state,
+)
 from dymo_ray.train.recovery_loop import RecoveryTrainConfig, train_recovery
 
 logger = logging.getLogger(__name__)
@@ -127,6 +132,7 @@ def run_recovery_training(
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
             resources["GPU"] = cfg.gpus_per_worker
+        trial_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
         trainer = TorchTrainer(
             train_recovery,
             train_loop_config={
@@ -135,6 +141,7 @@ def run_recovery_training(
                 "tracking_uri": uri,
                 "run_id": run.run_id,
                 "fault_injection": fault_injection,
+                "local_checkpoint_dir": local_checkpoint_dir(storage, trial_name, cfg.num_workers),
             },
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
             scaling_config=ray.train.ScalingConfig(
@@ -142,7 +149,7 @@ def run_recovery_training(
             ),
             run_config=ray.train.RunConfig(
                 # A reused (storage_path, name) silently resumes the old run: keep it unique.
-                name=f"{run_name}-{uuid.uuid4().hex[:8]}",
+                name=trial_name,
                 storage_path=str(storage),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             ),

@@ -261,7 +261,10 @@ def train_recovery(config: dict[str, Any]) -> None:
             "resumed_at": resumed_at,
         }
         report_epoch(  # Ray: barrier; rank 0 attaches the checkpoint
-            {"epoch": epoch + 1, "loss": means["loss"]}, checkpoint_state, context.is_main
+            {"epoch": epoch + 1, "loss": means["loss"]},
+            checkpoint_state,
+            context.is_main,
+            keep_dir=config.get("local_checkpoint_dir"),
         )
 
 

@@ -123,3 +123,16 @@ def test_mdt_worker_failure_resumes(ray_local, tiny_mdt, tmp_path):
     text = recovery.recover(test.inputs, present, seed=0)["text"]
     assert int(text.min()) >= 0
     assert int(text.max()) < 71
+
+
+@pytest.mark.timeout(300)
+def test_local_mode_keeps_its_checkpoint(ray_local, mlflow_store, tiny_polymnist, tmp_path):
+    """num_workers=0 runs Ray Train's local mode, which does not copy reported checkpoints."""
+    outcome = run_recovery_training(
+        tiny_config("polymnist", tiny_polymnist, num_workers=0, test_limit=64,
+                    classifier_train_limit=128, coherence_max_subsets=1),
+        storage_path=tmp_path / "ray",
+    )
+    kept = sorted(path.name for path in (tmp_path / "ray").glob("*/local_checkpoints/epoch_*"))
+    assert kept == ["epoch_0001"]
+    assert outcome.epochs_run == 1

@@ -171,3 +171,17 @@ def test_non_finite_loss_names_epoch_and_step(tiny_polymnist):
     }
     with pytest.raises(NonFiniteLossError, match=r"at epoch 1 step \d+"):
         train_backbone(config)
+
+
+@pytest.mark.timeout(300)
+def test_local_mode_keeps_its_checkpoints(ray_local, mlflow_store, tiny_polymnist, tmp_path):
+    """num_workers=0 runs Ray Train's local mode, which does not copy reported checkpoints."""
+    outcome = run_training(
+        tiny_config(tiny_polymnist, num_workers=0, run_name="tiny-local"),
+        storage_path=tmp_path / "ray",
+    )
+    kept = sorted(path.name for path in (tmp_path / "ray").glob("*/local_checkpoints/epoch_*"))
+    assert kept == ["epoch_0001", "epoch_0002"]
+    assert outcome.epochs_run == 2
+    bundle = load_bundle(outcome.bundle_dir)
+    assert bundle.stats is not None
