@@ -133,8 +133,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Attend over x (B, T, d); `bias` (B, 1, 1, T) is added to the attention logits.
 
-        With `queries` = n, only the first n positions ask (every position is still a key and
-        a value) and the output is (B, n, d): the same rows as the full output.
+        With `queries` = n, only the first n positions are queries, while every position is
+        still a key and a value. The output (B, n, d) equals the first n rows of the full one.
         """
         batch, length, width = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads)

@@ -160,7 +160,7 @@ def run_training(
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
             resources["GPU"] = cfg.gpus_per_worker
-        trial_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
+        ray_run_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
         trainer = TorchTrainer(
             train_backbone,
             train_loop_config={
@@ -170,7 +170,7 @@ def run_training(
                 "tracking_uri": uri,
                 "run_id": run.run_id,
                 "fault_injection": fault_injection,
-                "local_checkpoint_dir": local_checkpoint_dir(storage, trial_name, cfg.num_workers),
+                "local_checkpoint_dir": local_checkpoint_dir(storage, ray_run_name, cfg.num_workers),
             },
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
             scaling_config=ray.train.ScalingConfig(
@@ -180,7 +180,7 @@ def run_training(
             ),
             run_config=ray.train.RunConfig(
                 # A reused (storage_path, name) silently resumes the old run: keep it unique.
-                name=trial_name,
+                name=ray_run_name,
                 storage_path=str(storage),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             ),

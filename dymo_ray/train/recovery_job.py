@@ -132,7 +132,7 @@ def run_recovery_training(
         resources = {"CPU": cfg.cpus_per_worker}
         if cfg.use_gpu:
             resources["GPU"] = cfg.gpus_per_worker
-        trial_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
+        ray_run_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
         trainer = TorchTrainer(
             train_recovery,
             train_loop_config={
@@ -141,7 +141,7 @@ def run_recovery_training(
                 "tracking_uri": uri,
                 "run_id": run.run_id,
                 "fault_injection": fault_injection,
-                "local_checkpoint_dir": local_checkpoint_dir(storage, trial_name, cfg.num_workers),
+                "local_checkpoint_dir": local_checkpoint_dir(storage, ray_run_name, cfg.num_workers),
             },
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
             scaling_config=ray.train.ScalingConfig(
@@ -149,7 +149,7 @@ def run_recovery_training(
             ),
             run_config=ray.train.RunConfig(
                 # A reused (storage_path, name) silently resumes the old run: keep it unique.
-                name=trial_name,
+                name=ray_run_name,
                 storage_path=str(storage),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             ),

@@ -133,6 +133,7 @@ def test_local_mode_keeps_its_checkpoint(ray_local, mlflow_store, tiny_polymnist
                     classifier_train_limit=128, coherence_max_subsets=1),
         storage_path=tmp_path / "ray",
     )
-    kept = sorted(path.name for path in (tmp_path / "ray").glob("*/local_checkpoints/epoch_*"))
-    assert kept == ["epoch_0001"]
+    found = (tmp_path / "ray").glob("*/local_checkpoints/epoch_*")
+    checkpoint_folders = sorted(path.name for path in found)
+    assert checkpoint_folders == ["epoch_0001"]
     assert outcome.epochs_run == 1

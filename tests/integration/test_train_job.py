@@ -180,8 +180,9 @@ def test_local_mode_keeps_its_checkpoints(ray_local, mlflow_store, tiny_polymnis
         tiny_config(tiny_polymnist, num_workers=0, run_name="tiny-local"),
         storage_path=tmp_path / "ray",
     )
-    kept = sorted(path.name for path in (tmp_path / "ray").glob("*/local_checkpoints/epoch_*"))
-    assert kept == ["epoch_0001", "epoch_0002"]
+    found = (tmp_path / "ray").glob("*/local_checkpoints/epoch_*")
+    checkpoint_folders = sorted(path.name for path in found)
+    assert checkpoint_folders == ["epoch_0001", "epoch_0002"]
     assert outcome.epochs_run == 2
     bundle = load_bundle(outcome.bundle_dir)
     assert bundle.stats is not None

@@ -7,7 +7,7 @@ small real PolyMNIST build, calibrated on its training split, and then:
 - with the true modalities in the missing slots (an oracle "recovery"), DyMo accepts many
   more of them and closes most of the accuracy gap between discard and the oracle.
 
-Measured on this build (random:0.6, 1,600 test rows), noise was accepted in 14 % of the
+In one run with these settings (random:0.6, 1,600 test rows), noise was accepted in 14 % of the
 missing slots and DyMo scored 0.3 points below discard. True modalities were accepted in 26 %
 of the slots, and DyMo scored 0.941 against 0.749 for discard and 0.953 for the oracle. The MTIR reward accepts only about a quarter of the true
 modalities because G < 1 whenever the larger subset's embedding is less typical (lower ICS),
@@ -102,7 +102,7 @@ def test_true_modalities_are_used(polymnist_bundle):
     bundle, test = polymnist_bundle
     card = bundle.card
     present = parse_protocol(PROTOCOL, card.modality_names).apply(len(test), PROTOCOL_SEED)
-    # The missing slots hold the real modalities: a perfect recovery.
+    # The missing slots contain the real modalities, as a perfect recovery would.
     result = select(bundle.model, bundle.stats, test.inputs, present, with_traces=False)
     noise = build_recovery("noise", card).recover(test.inputs, present, seed=PROTOCOL_SEED)
     noise_result = select(bundle.model, bundle.stats, noise, present, with_traces=False)
