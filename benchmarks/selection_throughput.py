@@ -8,9 +8,9 @@ balanced random labels. Each row of the random uint8 inputs misses k of the 5 mo
 drawn at random. Recovery is not part of the timing.
 
 For every batch size and k the script times:
-    reference  the literal per-sample selection of tests/selection/reference.py (two full
-               backbone passes per candidate). It runs on the first --reference-samples rows
-               only, and its samples/s is extrapolated from that per-sample time.
+    reference  the literal per-sample selection of tests/selection/literal_selection.py
+               (two full backbone passes per candidate). It runs on the first
+               --reference-samples rows only; its samples/s is extrapolated from that.
     dymo       `select` on the whole batch (encoders once, one fusion call per step).
     plain      `model(inputs, present)`, the backbone on the observed modalities.
 Targets: dymo >= 10x the reference at batch 256 with 4 missing, and dymo <= 2x plain.
@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "selection"))
 
-from reference import reference_select  # noqa: E402
+from literal_selection import reference_select  # noqa: E402
 
 from dymo_ray.data.spec import DatasetCard, ModalitySpec  # noqa: E402
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone  # noqa: E402

@@ -40,6 +40,9 @@ METRICS = ("cosine", "euclidean")
 # Additive attention bias on the keys of modalities outside the subset.
 MASK_BIAS = -1e9
 
+# Tokens per chunk of a CPU inference pass (see FusionBackbone._run_blocks).
+INFERENCE_CHUNK_TOKENS = 2048
+
 
 @dataclass
 class BackboneConfig:
@@ -137,10 +140,18 @@ class Attention(nn.Module):
         still a key and a value. The output (B, n, d) equals the first n rows of the full one.
         """
         batch, length, width = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if queries is not None:
-            q = q[:, :, :queries]
+        head_width = width // self.heads
+        if queries is None:
+            qkv = self.qkv(x).reshape(batch, length, 3, self.heads, head_width)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # Queries only for the first n positions, keys and values for all: the same
+            # weights, and nearly a third less projection work when n is 1.
+            weight = self.qkv.weight
+            q = F.linear(x[:, :queries], weight[:width])
+            q = q.reshape(batch, queries, self.heads, head_width).transpose(1, 2)
+            kv = F.linear(x, weight[width:]).reshape(batch, length, 2, self.heads, head_width)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         # Scale is (d / heads) ** -0.5, the default of scaled_dot_product_attention.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
@@ -416,6 +427,15 @@ class FusionBackbone(nn.Module):
         return torch.cat(outputs, dim=0).index_select(0, order)
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        # Rows are independent, so a large inference batch on the CPU runs in chunks of about
+        # INFERENCE_CHUNK_TOKENS tokens, whose MLP activations of a few MB are reused from
+        # chunk to chunk. One pass over 1,024 rows of 9 tokens allocates about 19 MB per MLP,
+        # and on the development machine it ran about a quarter slower than in chunks
+        # (docs/BENCHMARKS.md). Training (grad enabled) and GPUs run in one piece.
+        rows, length = x.shape[0], x.shape[1]
+        chunk_rows = max(1, INFERENCE_CHUNK_TOKENS // length)
+        if rows > chunk_rows and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return torch.cat([self._run_blocks(chunk) for chunk in x.split(chunk_rows)])
         # Only the CLS output is read, so the last block computes the CLS row alone: the other
         # rows of its attention and MLP would be discarded. Earlier blocks run in full,
         # because the last block attends to their outputs at every position.

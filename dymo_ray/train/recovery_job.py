@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dymo_ray.config import ConfigError, config_to_dict
 from dymo_ray.data.io import load_card, load_split
 from dymo_ray.paths import run_dir
@@ -28,6 +26,7 @@ from dymo_ray.train.backbone_job import resolve_data_dir
 from dymo_ray.train.common import (
     check_cluster_fits,
     format_duration,
+    limited_rows,
     local_checkpoint_dir,
     read_checkpoint_state,
 )
@@ -210,7 +209,10 @@ def measure_coherence(
     Rows are drawn with the config's seed and limits (`classifier_train_limit`,
     `test_limit`), so the same config always measures on the same rows.
     """
-    train_rows = _seeded_rows(data_dir, "train", cfg.classifier_train_limit, cfg.seed)
+    # limited_rows adds 7 to the seed: seed + 4 keeps the rows of the coherence tables in
+    # docs/BENCHMARKS.md.
+    row_seed = cfg.seed + 4
+    train_rows = limited_rows(Path(data_dir), "train", cfg.classifier_train_limit, row_seed)
     train = load_split(data_dir, "train", rows=train_rows)
     logger.info(
         "training %d unimodal classifiers on %d rows for %d epochs",
@@ -219,7 +221,7 @@ def measure_coherence(
     classifiers = train_unimodal_classifiers(
         train.card, train.inputs, train.labels, epochs=cfg.classifier_epochs, seed=cfg.seed
     )
-    test_rows = _seeded_rows(data_dir, "test", cfg.test_limit, cfg.seed)
+    test_rows = limited_rows(Path(data_dir), "test", cfg.test_limit, row_seed)
     test = load_split(data_dir, "test", rows=test_rows)
     logger.info("measuring coherence on %d test rows", len(test))
     return coherence_table(
@@ -230,12 +232,3 @@ def measure_coherence(
         seed=cfg.seed,
         max_subsets_per_size=cfg.coherence_max_subsets,
     )
-
-
-def _seeded_rows(data_dir: str | Path, split: str, limit: int | None, seed: int) -> np.ndarray | None:
-    if limit is None:
-        return None
-    total = load_card(data_dir).splits.get(split)
-    if total is None or limit >= total:
-        return None
-    return np.sort(np.random.default_rng(seed + 11).permutation(total)[:limit])

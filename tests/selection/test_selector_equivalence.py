@@ -1,4 +1,4 @@
-"""Batched selection against the literal per-sample reference in reference.py.
+"""Batched selection against the literal per-sample reference in literal_selection.py.
 
 Random backbones with calibration statistics from random data and random labels give
 rewards of both signs, so candidates are accepted and rejected. Each test asserts that both
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference_select
+from literal_selection import reference_select
 from selection_helpers import (
     every_observed_set,
     image_card,
