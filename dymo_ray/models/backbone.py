@@ -40,9 +40,6 @@ METRICS = ("cosine", "euclidean")
 # Additive attention bias on the keys of modalities outside the subset.
 MASK_BIAS = -1e9
 
-# Tokens per chunk of a CPU inference pass (see FusionBackbone._run_blocks).
-INFERENCE_CHUNK_TOKENS = 2048
-
 
 @dataclass
 class BackboneConfig:
@@ -427,15 +424,6 @@ class FusionBackbone(nn.Module):
         return torch.cat(outputs, dim=0).index_select(0, order)
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        # Rows are independent, so a large inference batch on the CPU runs in chunks of about
-        # INFERENCE_CHUNK_TOKENS tokens, whose MLP activations of a few MB are reused from
-        # chunk to chunk. One pass over 1,024 rows of 9 tokens allocates about 19 MB per MLP,
-        # and on the development machine it ran about a quarter slower than in chunks
-        # (docs/BENCHMARKS.md). Training (grad enabled) and GPUs run in one piece.
-        rows, length = x.shape[0], x.shape[1]
-        chunk_rows = max(1, INFERENCE_CHUNK_TOKENS // length)
-        if rows > chunk_rows and x.device.type == "cpu" and not torch.is_grad_enabled():
-            return torch.cat([self._run_blocks(chunk) for chunk in x.split(chunk_rows)])
         # Only the CLS output is read, so the last block computes the CLS row alone: the other
         # rows of its attention and MLP would be discarded. Earlier blocks run in full,
         # because the last block attends to their outputs at every position.

@@ -74,7 +74,10 @@ def check_cluster_fits(
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to `$RAY_ADDRESS` (e.g. under `ray job submit`) or start a local Ray.
 
-    A local instance gets no dashboard, so a laptop run opens no extra port.
+    A local instance starts its dashboard on 127.0.0.1 only (port 8265, or the next free
+    one). Ray Train watches its controller through the dashboard's state API: without it,
+    the watcher logs "Failed to query Ray Train Controller actor state" about once a second
+    for the whole run.
     """
     import ray
 
@@ -85,8 +88,17 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         logger.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-        logger.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+        context = ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
+        logger.info(
+            "started a local Ray with %s CPUs, dashboard at http://%s",
+            ray.cluster_resources().get("CPU"),
+            context.dashboard_url,
+        )
 
 
 @dataclass

@@ -7,7 +7,6 @@ import torch
 from model_cards import mdt_card, polymnist_card, random_batch
 
 from dymo_ray.data.spec import DatasetCard
-from dymo_ray.models import backbone as backbone_module
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
 from dymo_ray.subsets import all_subsets
 
@@ -208,38 +207,6 @@ def test_token_dropping_matches_masked_per_row(card_name, generator):
 
     torch.testing.assert_close(logits, logits_full, atol=1e-5, rtol=0)
     torch.testing.assert_close(embedding, embedding_full, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("per_row", [False, True])
-def test_chunked_inference_matches_whole(per_row, generator, monkeypatch):
-    """A CPU no-grad pass over many rows runs in chunks and gives the one-piece result."""
-    card = polymnist_card()
-    model = build_model(card)
-    rows = 23
-    if per_row:
-        subsets = all_subsets(card.num_modalities)[torch.arange(rows) % 31]
-    else:
-        subsets = torch.tensor([True, False, True, False, False])
-    inputs = random_batch(card, rows, generator)
-    tokens = model.encode(inputs).detach()
-
-    logits_one, embedding_one = model.fuse(tokens, subsets)  # grad enabled: one piece
-    chunk_calls = []
-    hook = model.blocks[0].register_forward_hook(
-        lambda module, args, out: chunk_calls.append(len(out))
-    )
-    # 40 tokens per chunk: 4 rows of 9 tokens (2 modalities), 1 row of 21 tokens.
-    monkeypatch.setattr(backbone_module, "INFERENCE_CHUNK_TOKENS", 40)
-    with torch.no_grad():
-        logits, embedding = model.fuse(tokens, subsets)
-        hook.remove()
-        logits_full, _ = model._fuse_full_masked(tokens, subsets)
-
-    assert sum(chunk_calls) == rows
-    assert max(chunk_calls) < rows
-    torch.testing.assert_close(logits, logits_one.detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(embedding, embedding_one.detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(logits, logits_full, atol=1e-5, rtol=0)
 
 
 def test_per_row_equals_shared_when_rows_agree(generator):
