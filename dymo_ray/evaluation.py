@@ -20,6 +20,11 @@ from dymo_ray.data.protocols import parse_protocol
 logger = logging.getLogger(__name__)
 
 
+def recovery_seed(seed: int, batch_index: int) -> int:
+    """Return the recovery seed of one batch, so that every tool recovers a split alike."""
+    return seed * 1_000_003 + batch_index
+
+
 def sample_rows(total: int, limit: int | None, seed: int = 0) -> np.ndarray | None:
     """Return `limit` seeded random row indices out of `total` (sorted), or None for all."""
     if limit is None or limit >= total:
@@ -169,7 +174,9 @@ def evaluate_strategies(
             stop = start + batch_size
             inputs = {name: tensor[start:stop] for name, tensor in data.inputs.items()}
             batch_present = present[start:stop]
-            completed = recovery.recover(inputs, batch_present, seed=seed * 1_000_003 + batch_index)
+            completed = recovery.recover(
+                inputs, batch_present, seed=recovery_seed(seed, batch_index)
+            )
             probabilities["discard"].append(discard_predict(bundle.model, completed, batch_present).probabilities)
             probabilities["impute_all"].append(
                 impute_all_predict(bundle.model, completed, batch_present).probabilities

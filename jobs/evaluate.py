@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv,
     )
     from dymo_ray.paths import run_dir
-    from dymo_ray.recovery import build_recovery, load_recovery, load_registered_recovery
+    from dymo_ray.recovery import load_recovery_model
     from dymo_ray.selection import SelectionConfig
     from dymo_ray.tracking import MlflowRunLogger
 
@@ -73,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     recovery_location = args.recovery or f"models:/dymo-recovery-{args.dataset}@latest"
     try:
-        if recovery_location in ("zeros", "noise"):
-            recovery = build_recovery(recovery_location, bundle.card)
-        elif recovery_location.startswith(("models:/", "runs:/")):
-            recovery = load_registered_recovery(recovery_location, card=bundle.card)
-        else:
-            recovery = load_recovery(recovery_location, card=bundle.card)
+        recovery = load_recovery_model(recovery_location, bundle.card)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: cannot load the recovery model {recovery_location}: {error}\n"
               "train one with `python jobs/train_recovery.py` or pass --recovery noise",

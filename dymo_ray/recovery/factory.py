@@ -163,6 +163,39 @@ def load_registered_recovery(
     return load_recovery(folder, card=card, map_location=map_location)
 
 
+def is_registry_uri(location: str) -> bool:
+    """Return True for `models:/` and `runs:/` URIs."""
+    return location.startswith(("models:/", "runs:/"))
+
+
+def load_recovery_model(
+    location: str,
+    card: DatasetCard,
+    tracking_uri: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Recovery:
+    """Load the recovery model named by a serving setting.
+
+    Args:
+        location: "zeros" or "noise", a `models:/` or `runs:/` URI, or a folder written by
+            `dymo_ray.recovery.save_recovery`.
+        card: Dataset card of the served bundle; a saved model must match it.
+        tracking_uri: MLflow store of a URI.
+        map_location: Device of the weights.
+
+    Raises:
+        FileNotFoundError: the folder or a file in it is missing.
+        ValueError: the URI does not resolve, or the saved model does not match `card`.
+    """
+    if location in BASELINE_RECOVERIES:
+        return build_recovery(location, card)
+    if is_registry_uri(location):
+        return load_registered_recovery(
+            location, card=card, map_location=map_location, tracking_uri=tracking_uri
+        )
+    return load_recovery(Path(location), card=card, map_location=map_location)
+
+
 def _package_version(package: str) -> str | None:
     try:
         return metadata.version(package)

@@ -30,9 +30,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from dymo_ray.bundle import load_bundle
 from dymo_ray.data.spec import DatasetCard
+from dymo_ray.recovery import load_recovery_model
 from dymo_ray.serve.decode import DecodedSample
 from dymo_ray.serve.inference import (
-    load_recovery_model,
     pick_device,
     predict_samples,
     recover_samples,

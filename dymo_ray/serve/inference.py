@@ -7,7 +7,6 @@ directly to compute the offline prediction that a served prediction must equal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,7 @@ import torch
 from torch import nn
 
 from dymo_ray.data.spec import DatasetCard
-from dymo_ray.recovery import Recovery, build_recovery, load_recovery, load_registered_recovery
-from dymo_ray.recovery.factory import BASELINE_RECOVERIES
+from dymo_ray.recovery import Recovery
 from dymo_ray.selection import (
     CalibrationStats,
     SelectionConfig,
@@ -27,39 +25,6 @@ from dymo_ray.selection import (
 from dymo_ray.serve.decode import DecodedSample
 
 STRATEGIES = ("dymo", "discard")
-
-
-def is_registry_uri(location: str) -> bool:
-    """Return True for `models:/` and `runs:/` URIs."""
-    return location.startswith(("models:/", "runs:/"))
-
-
-def load_recovery_model(
-    location: str,
-    card: DatasetCard,
-    tracking_uri: str | None = None,
-    map_location: str | torch.device = "cpu",
-) -> Recovery:
-    """Load the recovery model named by a serving setting.
-
-    Args:
-        location: "zeros" or "noise", a `models:/` or `runs:/` URI, or a folder written by
-            `dymo_ray.recovery.save_recovery`.
-        card: Dataset card of the served bundle; a saved model must match it.
-        tracking_uri: MLflow store of a URI.
-        map_location: Device of the weights.
-
-    Raises:
-        FileNotFoundError: the folder or a file in it is missing.
-        ValueError: the URI does not resolve, or the saved model does not match `card`.
-    """
-    if location in BASELINE_RECOVERIES:
-        return build_recovery(location, card)
-    if is_registry_uri(location):
-        return load_registered_recovery(
-            location, card=card, map_location=map_location, tracking_uri=tracking_uri
-        )
-    return load_recovery(Path(location), card=card, map_location=map_location)
 
 
 def _stack(samples: Sequence[DecodedSample], card: DatasetCard) -> tuple[dict, torch.Tensor]:

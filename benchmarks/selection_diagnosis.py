@@ -1,0 +1,168 @@
+"""Where DyMo gains and loses against discard: which recovered modalities it accepts, and why.
+
+    python benchmarks/selection_diagnosis.py                  # registered models, random:0.8
+    python benchmarks/selection_diagnosis.py --bundle models:/dymo-backbone/2 \\
+        --recovery models:/dymo-recovery-polymnist/1 --protocol random:0.6
+
+The split is masked and recovered exactly as `jobs/evaluate.py` does (same protocol mask and
+recovery seeds), so the discard and DyMo accuracies equal that job's table. Each recovered
+modality u is also classified alone by the backbone (subset {u}), and that prediction is
+taken as the class the recovered sample shows: it "shows the true class" when it equals the
+label.
+
+The script prints:
+    accuracy of discard and DyMo, and the rows DyMo changed from right to wrong and back;
+    the share of recovered samples that show the true class, among all of them and among
+    those DyMo accepted and rejected;
+    for the rows DyMo turned wrong: how often an accepted sample showed a wrong class, and
+    how often DyMo's prediction is the class an accepted sample shows;
+    at the first accepting step, the median Q of the base, Q of the accepted candidate and
+    its calibration factor G, in rows DyMo turned wrong and in rows that stayed right;
+    the median discard confidence (max class probability), in all rows and in those rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from dymo_ray.bundle import load_bundle  # noqa: E402
+from dymo_ray.data.builders import ensure_dataset  # noqa: E402
+from dymo_ray.data.protocols import parse_protocol  # noqa: E402
+from dymo_ray.evaluation import load_eval_split, recovery_seed  # noqa: E402
+from dymo_ray.recovery import load_recovery_model  # noqa: E402
+from dymo_ray.selection import SelectionConfig, StepTrace, discard_predict, select  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="polymnist", choices=["polymnist", "mdt"])
+    parser.add_argument(
+        "--bundle", default="models:/dymo-backbone@latest", help="bundle folder or models:/ URI"
+    )
+    parser.add_argument(
+        "--recovery",
+        default=None,
+        help="models:/ URI, saved folder, zeros or noise (default: "
+        "models:/dymo-recovery-<dataset>@latest)",
+    )
+    parser.add_argument("--protocol", default="random:0.8")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="seeded random subset of rows")
+    parser.add_argument("--seed", type=int, default=0, help="protocol and recovery seed")
+    parser.add_argument("--tau", type=float, default=0.1, help="selection temperature")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads")
+    return parser.parse_args()
+
+
+def share(mask: torch.Tensor) -> str:
+    """Format the share of True values of a bool tensor, or "-" when it is empty."""
+    if mask.numel() == 0:
+        return "-"
+    return f"{mask.float().mean().item():.3f} of {mask.numel()}"
+
+
+def median(values: list[float]) -> str:
+    return f"{statistics.median(values):.4f}" if values else "-"
+
+
+def first_acceptance(trace: list[StepTrace]) -> tuple[float, float, float] | None:
+    """Return (Q base, Q accepted, G accepted) of the first step that accepted, or None."""
+    for step in trace:
+        if step.accepted is not None:
+            position = step.candidates.index(step.accepted)
+            return step.q_base, step.q_candidates[position], step.calibration_factors[position]
+    return None
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    card = bundle.card
+    recovery_location = args.recovery or f"models:/dymo-recovery-{args.dataset}@latest"
+    recovery = load_recovery_model(recovery_location, card)
+    data = load_eval_split(bundle, ensure_dataset(args.dataset), args.split, args.limit)
+    present = parse_protocol(args.protocol, card.modality_names).apply(len(data), args.seed)
+    labels = data.labels
+    config = SelectionConfig(tau=args.tau)
+
+    discard_parts, confidence_parts, dymo_parts, single_parts = [], [], [], []
+    used_parts, rejected_parts, traces = [], [], []
+    model = bundle.model.eval()
+    single_subsets = torch.eye(card.num_modalities, dtype=torch.bool)
+    for batch_index, start in enumerate(range(0, len(data), args.batch_size)):
+        stop = start + args.batch_size
+        inputs = {name: tensor[start:stop] for name, tensor in data.inputs.items()}
+        batch_present = present[start:stop]
+        completed = recovery.recover(
+            inputs, batch_present, seed=recovery_seed(args.seed, batch_index)
+        )
+        discard_result = discard_predict(model, completed, batch_present)
+        discard_parts.append(discard_result.predictions)
+        confidence_parts.append(discard_result.probabilities.max(dim=1).values)
+        result = select(model, bundle.stats, completed, batch_present, config)
+        dymo_parts.append(result.predictions)
+        used_parts.append(result.recovered_used)
+        rejected_parts.append(result.rejected)
+        traces.extend(result.traces)
+        with torch.no_grad():
+            tokens = model.encode(completed)
+            single = [model.fuse(tokens, subset)[0].argmax(dim=1) for subset in single_subsets]
+        single_parts.append(torch.stack(single, dim=1))
+
+    discard = torch.cat(discard_parts)
+    dymo = torch.cat(dymo_parts)
+    # (rows, M): the class each modality shows when the backbone classifies it alone.
+    single_predictions = torch.cat(single_parts)
+    used = torch.cat(used_parts)
+    rejected = torch.cat(rejected_parts)
+    missing = ~present
+    shows_true = single_predictions == labels[:, None]
+    discard_right = discard == labels
+    dymo_right = dymo == labels
+    turned_wrong = discard_right & ~dymo_right
+    turned_right = ~discard_right & dymo_right
+
+    print(
+        f"{args.dataset} {args.split} split, {len(data)} rows, {args.protocol}, seed {args.seed}, "
+        f"bundle {bundle.source}, recovery {recovery_location}"
+    )
+    print(f"accuracy: discard {discard_right.float().mean():.4f}, DyMo {dymo_right.float().mean():.4f}")
+    print(f"rows DyMo turned wrong: {int(turned_wrong.sum())}, turned right: {int(turned_right.sum())}")
+    print(f"recovered samples showing the true class: {share(shows_true[missing])}")
+    print(f"  accepted by DyMo: {share(shows_true[used])}")
+    print(f"  rejected by DyMo: {share(shows_true[rejected])}")
+    wrong_rows_used = used & turned_wrong[:, None]
+    follows_accepted = ((single_predictions == dymo[:, None]) & used).any(dim=1)
+    print(
+        "in rows DyMo turned wrong: accepted samples showing a wrong class "
+        f"{share(~shows_true[wrong_rows_used])}; prediction is an accepted sample's class "
+        f"{share(follows_accepted[turned_wrong])}"
+    )
+    for name, rows in (("turned wrong", turned_wrong), ("stayed right", discard_right & dymo_right)):
+        steps = [first_acceptance(traces[row]) for row in rows.nonzero().flatten().tolist()]
+        steps = [step for step in steps if step is not None]
+        print(
+            f"first accepting step, rows {name} ({len(steps)}): median Q base "
+            f"{median([s[0] for s in steps])}, Q accepted {median([s[1] for s in steps])}, "
+            f"G accepted {median([s[2] for s in steps])}"
+        )
+    discard_confidence = torch.cat(confidence_parts)
+    print(
+        f"median discard confidence: all rows {discard_confidence.median():.4f}, rows DyMo "
+        f"turned wrong {discard_confidence[turned_wrong].median():.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
