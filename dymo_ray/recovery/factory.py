@@ -174,12 +174,13 @@ def load_recovery_model(
     tracking_uri: str | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Recovery:
-    """Load the recovery model named by a serving setting.
+    """Load a recovery model by location, as the evaluation job and the serving app name it.
 
     Args:
         location: "zeros" or "noise", a `models:/` or `runs:/` URI, or a folder written by
             `dymo_ray.recovery.save_recovery`.
-        card: Dataset card of the served bundle; a saved model must match it.
+        card: Dataset card of the bundle the recovery completes inputs for; a saved model
+            must match it.
         tracking_uri: MLflow store of a URI.
         map_location: Device of the weights.
 
