@@ -33,12 +33,21 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from dymo_ray.bundle import load_bundle  # noqa: E402
+from dymo_ray.bundle import ModelBundle, load_bundle  # noqa: E402
 from dymo_ray.data.builders import ensure_dataset  # noqa: E402
+from dymo_ray.data.io import SplitData, load_card  # noqa: E402
 from dymo_ray.data.protocols import parse_protocol  # noqa: E402
 from dymo_ray.evaluation import load_eval_split, recovery_seed  # noqa: E402
-from dymo_ray.recovery import load_recovery_model  # noqa: E402
+from dymo_ray.recovery import Recovery, load_recovery_model  # noqa: E402
 from dymo_ray.selection import SelectionConfig, StepTrace, discard_predict, select  # noqa: E402
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer >= 1 for argparse."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,11 +64,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--protocol", default="random:0.8")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, default=None, help="seeded random subset of rows")
+    parser.add_argument(
+        "--limit", type=positive_int, default=None, help="seeded random subset of rows"
+    )
     parser.add_argument("--seed", type=int, default=0, help="protocol and recovery seed")
     parser.add_argument("--tau", type=float, default=0.1, help="selection temperature")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op CPU threads")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="torch intra-op CPU threads"
+    )
     return parser.parse_args()
 
 
@@ -74,6 +87,11 @@ def median(values: list[float]) -> str:
     return f"{statistics.median(values):.4f}" if values else "-"
 
 
+def tensor_median(values: torch.Tensor) -> str:
+    """Format the median of a 1-D tensor, or "-" when it is empty."""
+    return f"{values.median():.4f}" if values.numel() else "-"
+
+
 def first_acceptance(trace: list[StepTrace]) -> tuple[float, float, float] | None:
     """Return (Q base, Q accepted, G accepted) of the first step that accepted, or None."""
     for step in trace:
@@ -83,17 +101,52 @@ def first_acceptance(trace: list[StepTrace]) -> tuple[float, float, float] | Non
     return None
 
 
+def load_inputs(
+    args: argparse.Namespace, recovery_location: str
+) -> tuple[ModelBundle, Recovery, SplitData, torch.Tensor, SelectionConfig]:
+    """Load the bundle, recovery model and split, and draw the protocol's presence mask.
+
+    Raises:
+        ValueError: an argument is invalid, or names a bundle, recovery model or split
+            that cannot be loaded or does not match the others.
+    """
+    config = SelectionConfig(tau=args.tau)
+    bundle = load_bundle(args.bundle)
+    if bundle.card.name != args.dataset:
+        raise ValueError(
+            f"bundle {args.bundle} was trained on {bundle.card.name!r}, not "
+            f"{args.dataset!r}; pass --dataset {bundle.card.name}"
+        )
+    try:
+        recovery = load_recovery_model(recovery_location, bundle.card)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(
+            f"cannot load the recovery model {recovery_location}: {error}. Train one with "
+            "`python jobs/train_recovery.py` or pass --recovery noise"
+        ) from error
+    data_dir = ensure_dataset(args.dataset)
+    splits = load_card(data_dir).splits
+    if args.split not in splits:
+        raise ValueError(
+            f"split {args.split!r} not found in dataset {data_dir}. Valid splits: {list(splits)}"
+        )
+    data = load_eval_split(bundle, data_dir, args.split, args.limit)
+    protocol = parse_protocol(args.protocol, bundle.card.modality_names)
+    present = protocol.apply(len(data), args.seed)
+    return bundle, recovery, data, present, config
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle)
-    card = bundle.card
     recovery_location = args.recovery or f"models:/dymo-recovery-{args.dataset}@latest"
-    recovery = load_recovery_model(recovery_location, card)
-    data = load_eval_split(bundle, ensure_dataset(args.dataset), args.split, args.limit)
-    present = parse_protocol(args.protocol, card.modality_names).apply(len(data), args.seed)
+    try:
+        bundle, recovery, data, present, config = load_inputs(args, recovery_location)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    card = bundle.card
     labels = data.labels
-    config = SelectionConfig(tau=args.tau)
 
     discard_parts, confidence_parts, dymo_parts, single_parts = [], [], [], []
     used_parts, rejected_parts, traces = [], [], []
@@ -158,8 +211,8 @@ def main() -> int:
         )
     discard_confidence = torch.cat(confidence_parts)
     print(
-        f"median discard confidence: all rows {discard_confidence.median():.4f}, rows DyMo "
-        f"turned wrong {discard_confidence[turned_wrong].median():.4f}"
+        f"median discard confidence: all rows {tensor_median(discard_confidence)}, rows DyMo "
+        f"turned wrong {tensor_median(discard_confidence[turned_wrong])}"
     )
     return 0
 

@@ -26,7 +26,13 @@ def recovery_seed(seed: int, batch_index: int) -> int:
 
 
 def sample_rows(total: int, limit: int | None, seed: int = 0) -> np.ndarray | None:
-    """Return `limit` seeded random row indices out of `total` (sorted), or None for all."""
+    """Return `limit` seeded random row indices out of `total` (sorted), or None for all.
+
+    Raises:
+        ValueError: `limit` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be an integer >= 1 or None, got {limit}")
     if limit is None or limit >= total:
         return None
     return np.sort(np.random.default_rng(seed + 11).permutation(total)[:limit])

@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     data_dir = Path(args.data_dir) if args.data_dir else ensure_dataset(args.dataset)
-    data = load_eval_split(bundle, data_dir, args.split, args.limit)
+    try:
+        data = load_eval_split(bundle, data_dir, args.split, args.limit)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     protocols = args.protocols.split(",") if args.protocols else default_protocols(bundle.card)
     started = time.perf_counter()
     try:

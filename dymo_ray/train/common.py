@@ -90,7 +90,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         context = ray.init(
             num_cpus=num_cpus,
-            include_dashboard=True,
+            # None starts the dashboard when its packages are installed and only warns
+            # when it cannot start, so a missing dashboard never stops a training job.
+            include_dashboard=None,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )
