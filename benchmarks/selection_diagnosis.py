@@ -10,15 +10,15 @@ modality u is also classified alone by the backbone (subset {u}), and that predi
 taken as the class the recovered sample shows: it "shows the true class" when it equals the
 label.
 
-The script prints:
-    accuracy of discard and DyMo, and the rows DyMo changed from right to wrong and back;
-    the share of recovered samples that show the true class, among all of them and among
-    those DyMo accepted and rejected;
-    for the rows DyMo turned wrong: how often an accepted sample showed a wrong class, and
-    how often DyMo's prediction is the class an accepted sample shows;
-    at the first accepting step, the median Q of the base, Q of the accepted candidate and
-    its calibration factor G, in rows DyMo turned wrong and in rows that stayed right;
-    the median discard confidence (max class probability), in all rows and in those rows.
+The script prints, one line each:
+    - the accuracy of discard and DyMo;
+    - the rows DyMo changed from right to wrong, and from wrong to right;
+    - the share of recovered samples that show the true class: all, accepted, rejected;
+    - in rows DyMo turned wrong: how often an accepted sample shows a wrong class, and how
+      often DyMo predicts the class that an accepted sample shows;
+    - at the first accepting step: the median Q of the base, Q of the accepted candidate
+      and its calibration factor G, in rows turned wrong and in rows that stayed right;
+    - the median discard confidence (max class probability): all rows, rows turned wrong.
 """
 
 from __future__ import annotations

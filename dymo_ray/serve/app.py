@@ -23,9 +23,9 @@ from dymo_ray import tracking
 from dymo_ray.bundle import BundleError, load_bundle
 from dymo_ray.config import ConfigError
 from dymo_ray.data.spec import DatasetCard
+from dymo_ray.recovery import is_registry_uri
 from dymo_ray.recovery.factory import BASELINE_RECOVERIES
 from dymo_ray.serve.deployments import Ingress, RecoveryDeployment, SelectorDeployment
-from dymo_ray.recovery import is_registry_uri
 from dymo_ray.serve.settings import ServeSettings, load_settings
 
 logger = logging.getLogger(__name__)

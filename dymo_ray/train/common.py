@@ -90,16 +90,18 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         context = ray.init(
             num_cpus=num_cpus,
-            # None starts the dashboard when its packages are installed and only warns
-            # when it cannot start, so a missing dashboard never stops a training job.
+            # None starts the dashboard when its packages are installed and skips it
+            # otherwise (ray.init's docstring), so training does not depend on it.
             include_dashboard=None,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )
+        if context.dashboard_url:
+            dashboard = f"dashboard at http://{context.dashboard_url}"
+        else:
+            dashboard = "no dashboard (Ray could not start it)"
         logger.info(
-            "started a local Ray with %s CPUs, dashboard at http://%s",
-            ray.cluster_resources().get("CPU"),
-            context.dashboard_url,
+            "started a local Ray with %s CPUs, %s", ray.cluster_resources().get("CPU"), dashboard
         )
 
 

@@ -209,8 +209,8 @@ def measure_coherence(
     Rows are drawn with the config's seed and limits (`classifier_train_limit`,
     `test_limit`), so the same config always measures on the same rows.
     """
-    # limited_rows adds 7 to the seed: seed + 4 keeps the rows of the coherence tables in
-    # docs/BENCHMARKS.md.
+    # limited_rows draws with seed + 7, so seed + 4 draws with seed + 11, the rows that the
+    # coherence tables in docs/BENCHMARKS.md were measured on.
     row_seed = cfg.seed + 4
     train_rows = limited_rows(Path(data_dir), "train", cfg.classifier_train_limit, row_seed)
     train = load_split(data_dir, "train", rows=train_rows)
