@@ -148,6 +148,31 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def merge_job_config(
+    cls: type[ConfigT],
+    preset: dict[str, Any] | None,
+    flags: dict[str, Any],
+    overrides: list[str],
+    config_path: str | Path | None,
+) -> ConfigT:
+    """Build a job's config from its command line.
+
+    Later sources win: the class defaults, the YAML file at `config_path`, `preset` (such as
+    the `--smoke` values), the flags that were given (None means not given), then the
+    `--set key=value` strings in `overrides`.
+
+    Raises:
+        ConfigError: the file is missing or invalid, an override has no '=', or the merged
+            config is invalid.
+    """
+    values = dict(preset or {})
+    values.update({key: value for key, value in flags.items() if value is not None})
+    values.update(parse_overrides(overrides))
+    if config_path:
+        return load_yaml_config(cls, config_path, values)
+    return build_config(cls, values)
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Return a dataclass config as a plain dict (YAML and MLflow friendly)."""
     return dataclasses.asdict(config)

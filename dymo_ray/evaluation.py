@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dymo_ray.bundle import ModelBundle, load_bundle
-from dymo_ray.data.io import SplitData, load_split
+from dymo_ray.data.io import SplitData, load_split, seeded_rows
 from dymo_ray.data.protocols import parse_protocol
 
 logger = logging.getLogger(__name__)
@@ -31,11 +31,7 @@ def sample_rows(total: int, limit: int | None, seed: int = 0) -> np.ndarray | No
     Raises:
         ValueError: `limit` is below 1.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be an integer >= 1 or None, got {limit}")
-    if limit is None or limit >= total:
-        return None
-    return np.sort(np.random.default_rng(seed + 11).permutation(total)[:limit])
+    return seeded_rows(total, limit, seed + 11)
 
 
 def load_eval_split(bundle: ModelBundle, data_dir: str | Path, split: str, limit: int | None) -> SplitData:

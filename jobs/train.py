@@ -22,10 +22,8 @@ from dymo_ray.config import (  # noqa: E402
     SMOKE_OVERRIDES,
     ConfigError,
     TrainConfig,
-    build_config,
     config_to_dict,
-    load_yaml_config,
-    parse_overrides,
+    merge_job_config,
 )
 
 DISCARD_PROTOCOLS = ("complete", "random:0.2", "random:0.6", "random:0.8")
@@ -49,10 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
-    """Merge, in order: defaults, --smoke, --config YAML, flags, --set overrides."""
-    values: dict = {}
-    if args.smoke:
-        values.update(SMOKE_OVERRIDES)
+    """Merge, in order: defaults, --config YAML, --smoke, flags, --set overrides."""
     flags = {
         "dataset": args.dataset,
         "epochs": args.epochs,
@@ -60,11 +55,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         "use_gpu": True if args.use_gpu else None,
         "data_dir": args.data_dir,
     }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    values.update(parse_overrides(args.set))
-    if args.config:
-        return load_yaml_config(TrainConfig, args.config, values)
-    return build_config(TrainConfig, values)
+    preset = SMOKE_OVERRIDES if args.smoke else None
+    return merge_job_config(TrainConfig, preset, flags, args.set, args.config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dymo_ray.config import (  # noqa: E402
     ConfigError,
-    build_config,
     config_to_dict,
-    load_yaml_config,
-    parse_overrides,
+    merge_job_config,
 )
 from dymo_ray.train.recovery_loop import SMOKE_OVERRIDES, RecoveryTrainConfig  # noqa: E402
 
@@ -51,10 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_recovery_config(args: argparse.Namespace) -> RecoveryTrainConfig:
-    """Merge, in order: defaults, --smoke, --config YAML, flags, --set overrides."""
-    values: dict = {}
-    if args.smoke:
-        values.update(SMOKE_OVERRIDES)
+    """Merge, in order: defaults, --config YAML, --smoke, flags, --set overrides."""
     flags = {
         "dataset": args.dataset,
         "model": args.model,
@@ -63,11 +58,8 @@ def build_recovery_config(args: argparse.Namespace) -> RecoveryTrainConfig:
         "use_gpu": True if args.use_gpu else None,
         "data_dir": args.data_dir,
     }
-    values.update({key: value for key, value in flags.items() if value is not None})
-    values.update(parse_overrides(args.set))
-    if args.config:
-        return load_yaml_config(RecoveryTrainConfig, args.config, values)
-    return build_config(RecoveryTrainConfig, values)
+    preset = SMOKE_OVERRIDES if args.smoke else None
+    return merge_job_config(RecoveryTrainConfig, preset, flags, args.set, args.config)
 
 
 def main(argv: list[str] | None = None) -> int:

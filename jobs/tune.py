@@ -27,8 +27,7 @@ from dymo_ray.config import (  # noqa: E402
     TrainConfig,
     build_config,
     config_to_dict,
-    load_yaml_config,
-    parse_overrides,
+    merge_job_config,
 )
 from dymo_ray.tune.settings import (  # noqa: E402
     OBJECTIVES,
@@ -88,15 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_configs(args: argparse.Namespace) -> tuple[SweepConfig, TrainConfig]:
-    """Merge defaults, --smoke, --config, flags and --set into the two configs."""
-    train_values: dict = dict(SMOKE_OVERRIDES) if args.smoke else {}
+    """Merge defaults, --config, --smoke, flags and --set into the two configs."""
     flags = {"dataset": args.dataset, "epochs": args.epochs, "data_dir": args.data_dir}
-    train_values.update({k: v for k, v in flags.items() if v is not None})
-    train_values.update(parse_overrides(args.set))
-    if args.config:
-        train_cfg = load_yaml_config(TrainConfig, args.config, train_values)
-    else:
-        train_cfg = build_config(TrainConfig, train_values)
+    preset = SMOKE_OVERRIDES if args.smoke else None
+    train_cfg = merge_job_config(TrainConfig, preset, flags, args.set, args.config)
 
     sweep_values: dict = dict(SMOKE_SWEEP_OVERRIDES) if args.smoke else {}
     sweep_flags = {

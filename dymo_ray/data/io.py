@@ -472,6 +472,22 @@ def load_card(data_dir: str | Path) -> DatasetCard:
     return card
 
 
+def seeded_rows(total: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Return `limit` row indices out of `total`, drawn with `seed` and sorted, or None for all.
+
+    The rows are the start of a seeded permutation, so classes stay mixed and a seed always
+    gives the same rows. None is returned when `limit` is None or covers every row.
+
+    Raises:
+        ValueError: `limit` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be an integer >= 1 or None, got {limit}")
+    if limit is None or limit >= total:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(total)[:limit])
+
+
 def load_split(
     data_dir: str | Path,
     split: str,

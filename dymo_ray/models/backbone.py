@@ -135,9 +135,16 @@ class Attention(nn.Module):
 
         With `queries` = n, only the first n positions are queries, while every position is
         still a key and a value. The output (B, n, d) equals the first n rows of the full one.
+
+        Raises:
+            ValueError: `queries` is below 1 or above T.
         """
         batch, length, width = x.shape
         head_width = width // self.heads
+        if queries is not None and not 1 <= queries <= length:
+            raise ValueError(
+                f"queries must be between 1 and the {length} positions of x, got {queries}"
+            )
         if queries is None:
             qkv = self.qkv(x).reshape(batch, length, 3, self.heads, head_width)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)

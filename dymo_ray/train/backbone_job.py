@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,14 @@ from dymo_ray.data.io import load_card, load_split
 from dymo_ray.data.spec import DatasetCard
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
 from dymo_ray.paths import data_dir as default_data_dir
-from dymo_ray.paths import run_dir
 from dymo_ray.selection.calibration import compute_calibration_stats
 from dymo_ray.subsets import num_subsets
 from dymo_ray.train.backbone_loop import batches, train_backbone
 from dymo_ray.train.common import (
     check_cluster_fits,
+    fit_torch_trainer,
     format_duration,
     limited_rows,
-    local_checkpoint_dir,
-    read_checkpoint_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,6 +101,23 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
     return Path(ensure_dataset(cfg.dataset, default_data_dir(cfg.dataset), seed=0)).resolve()
 
 
+def load_job_card(cfg: Any) -> tuple[Path, DatasetCard]:
+    """Return the absolute dataset folder of a job config and its card.
+
+    Raises:
+        CardError: the folder contains no valid dataset card.
+        ConfigError: the card names another dataset than `cfg.dataset`.
+    """
+    data_dir = resolve_data_dir(cfg)
+    card = load_card(data_dir)
+    if card.name != cfg.dataset:
+        raise ConfigError(
+            f"data_dir {data_dir} contains dataset {card.name!r} but dataset={cfg.dataset!r}; "
+            "set dataset to match"
+        )
+    return data_dir, card
+
+
 def run_training(
     cfg: TrainConfig,
     storage_path: str | Path | None = None,
@@ -126,19 +140,10 @@ def run_training(
         ClusterTooSmallError: the cluster cannot place the workers.
         ray.train.TrainingFailedError: the workers failed more than `max_failures` times.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from dymo_ray import tracking
 
     started = time.perf_counter()
-    data_dir = resolve_data_dir(cfg)
-    card = load_card(data_dir)
-    if card.name != cfg.dataset:
-        raise ConfigError(
-            f"data_dir {data_dir} contains dataset {card.name!r} but dataset={cfg.dataset!r}; "
-            "set dataset to match"
-        )
+    data_dir, card = load_job_card(cfg)
     cfg = replace(resolve_config(cfg, card), data_dir=str(data_dir))
     # Check the files against the card here, so that a mismatch fails before any worker
     # starts, with the file and the column named (CardError).
@@ -156,39 +161,15 @@ def run_training(
         logger.info("training %s on %s with %d worker(s); MLflow run %s",
                     card.name, data_dir, cfg.num_workers, run.run_id)
 
-        storage = Path(storage_path or run_dir() / "ray_results").resolve()
-        resources = {"CPU": cfg.cpus_per_worker}
-        if cfg.use_gpu:
-            resources["GPU"] = cfg.gpus_per_worker
-        ray_run_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
-        trainer = TorchTrainer(
-            train_backbone,
-            train_loop_config={
-                "train": config_to_dict(cfg),
-                "data_dir": str(data_dir),
-                "backbone": backbone_config.to_dict(),
-                "tracking_uri": uri,
-                "run_id": run.run_id,
-                "fault_injection": fault_injection,
-                "local_checkpoint_dir": local_checkpoint_dir(storage, ray_run_name, cfg.num_workers),
-            },
-            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.num_workers,
-                use_gpu=cfg.use_gpu,
-                resources_per_worker=resources,
-            ),
-            run_config=ray.train.RunConfig(
-                # A reused (storage_path, name) silently resumes the old run: keep it unique.
-                name=ray_run_name,
-                storage_path=str(storage),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training run {run.run_id} finished without a checkpoint")
-        state = read_checkpoint_state(result.checkpoint)
+        loop_config = {
+            "train": config_to_dict(cfg),
+            "data_dir": str(data_dir),
+            "backbone": backbone_config.to_dict(),
+            "tracking_uri": uri,
+            "run_id": run.run_id,
+            "fault_injection": fault_injection,
+        }
+        state = fit_torch_trainer(train_backbone, loop_config, cfg, run_name, storage_path)
 
         # ------------------------------------------------ calibration statistics
         model = FusionBackbone(card, backbone_config)

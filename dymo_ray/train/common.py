@@ -18,6 +18,8 @@ import logging
 import os
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +231,69 @@ def local_checkpoint_dir(storage: str | Path, run_name: str, num_workers: int) -
     return str(Path(storage) / run_name / "local_checkpoints")
 
 
+def fit_torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: Any,
+    run_name: str,
+    storage_path: str | Path | None,
+) -> dict[str, Any]:
+    """Run a worker loop with Ray Train's `TorchTrainer` and return its last checkpoint state.
+
+    Both training jobs use this. Ray must be initialised and the cluster checked with
+    `check_cluster_fits`.
+
+    Args:
+        loop: The worker loop (`train_backbone` or `train_recovery`).
+        loop_config: Its config. The key "local_checkpoint_dir" is added here.
+        cfg: The job config: `num_workers`, `cpus_per_worker`, `use_gpu`,
+            `gpus_per_worker` and `max_failures` are read.
+        run_name: The MLflow run name. The Ray Train run gets it plus a random suffix,
+            because a reused (storage folder, name) pair resumes the old run.
+        storage_path: Ray Train storage folder; default `<run folder>/ray_results`.
+
+    Returns:
+        The `state.pt` of the final checkpoint, loaded on the CPU.
+
+    Raises:
+        ray.train.TrainingFailedError: the workers failed more than `max_failures` times.
+        RuntimeError: the run ended without reporting a checkpoint.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dymo_ray.paths import run_dir
+
+    storage = Path(storage_path or run_dir() / "ray_results").resolve()
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    ray_run_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={
+            **loop_config,
+            "local_checkpoint_dir": local_checkpoint_dir(storage, ray_run_name, cfg.num_workers),
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=ray_run_name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(
+            f"Ray Train run {ray_run_name} finished without a checkpoint; its results folder is "
+            f"{storage / ray_run_name}"
+        )
+    return read_checkpoint_state(result.checkpoint)
+
+
 def read_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
     """Load the `state.pt` of a Ray Train or Tune `Checkpoint` (e.g. `Result.checkpoint`) on the CPU."""
     with checkpoint.as_directory() as folder:
@@ -287,15 +352,20 @@ def in_ray_train() -> bool:
 
 
 def limited_rows(data_dir: Path, split: str, limit: int | None, seed: int) -> np.ndarray | None:
-    """Return `limit` seeded random row indices of a split (classes stay mixed), or None."""
+    """Return `limit` seeded random row indices of a split (classes stay mixed), or None.
+
+    Raises:
+        ValueError: `limit` is below 1.
+    """
     if limit is None:
         return None
+    from dymo_ray.data.io import seeded_rows
     from dymo_ray.data.spec import DatasetCard
 
     total = DatasetCard.load(data_dir).splits.get(split)
-    if total is None or limit >= total:
+    if total is None:
         return None
-    return np.sort(np.random.default_rng(seed + 7).permutation(total)[:limit])
+    return seeded_rows(total, limit, seed + 7)
 
 
 def maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:

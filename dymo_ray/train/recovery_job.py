@@ -12,23 +12,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dymo_ray.config import ConfigError, config_to_dict
-from dymo_ray.data.io import load_card, load_split
-from dymo_ray.paths import run_dir
+from dymo_ray.data.io import load_split
 from dymo_ray.recovery import Recovery, build_recovery, save_recovery
 from dymo_ray.recovery.coherence import CoherenceTable, coherence_table, train_unimodal_classifiers
-from dymo_ray.train.backbone_job import resolve_data_dir
+from dymo_ray.train.backbone_job import load_job_card
 from dymo_ray.train.common import (
     check_cluster_fits,
+    fit_torch_trainer,
     format_duration,
     limited_rows,
-    local_checkpoint_dir,
-    read_checkpoint_state,
 )
 from dymo_ray.train.recovery_loop import RecoveryTrainConfig, train_recovery
 
@@ -92,19 +89,10 @@ def run_recovery_training(
         ClusterTooSmallError: the cluster cannot place the workers.
         ray.train.TrainingFailedError: the workers failed more than `max_failures` times.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from dymo_ray import tracking
 
     started = time.perf_counter()
-    data_dir = resolve_data_dir(cfg)
-    card = load_card(data_dir)
-    if card.name != cfg.dataset:
-        raise ConfigError(
-            f"data_dir {data_dir} contains dataset {card.name!r} but dataset={cfg.dataset!r}; "
-            "set dataset to match"
-        )
+    data_dir, card = load_job_card(cfg)
     cfg = resolve_config(cfg)
     # Fail on invalid model options here, before any worker starts.
     try:
@@ -127,36 +115,14 @@ def run_recovery_training(
         )
 
         # ------------------------------------------------ Ray Train fit
-        storage = Path(storage_path or run_dir() / "ray_results").resolve()
-        resources = {"CPU": cfg.cpus_per_worker}
-        if cfg.use_gpu:
-            resources["GPU"] = cfg.gpus_per_worker
-        ray_run_name = f"{run_name}-{uuid.uuid4().hex[:8]}"
-        trainer = TorchTrainer(
-            train_recovery,
-            train_loop_config={
-                "train": config_to_dict(cfg),
-                "data_dir": str(data_dir),
-                "tracking_uri": uri,
-                "run_id": run.run_id,
-                "fault_injection": fault_injection,
-                "local_checkpoint_dir": local_checkpoint_dir(storage, ray_run_name, cfg.num_workers),
-            },
-            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=300),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-            ),
-            run_config=ray.train.RunConfig(
-                # A reused (storage_path, name) silently resumes the old run: keep it unique.
-                name=ray_run_name,
-                storage_path=str(storage),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"recovery training run {run.run_id} finished without a checkpoint")
-        state = read_checkpoint_state(result.checkpoint)
+        loop_config = {
+            "train": config_to_dict(cfg),
+            "data_dir": str(data_dir),
+            "tracking_uri": uri,
+            "run_id": run.run_id,
+            "fault_injection": fault_injection,
+        }
+        state = fit_torch_trainer(train_recovery, loop_config, cfg, run_name, storage_path)
 
         # ------------------------------------------------ save and register
         recovery = build_recovery(state["recovery"]["name"], card, **state["recovery"]["config"])

@@ -26,7 +26,7 @@ from dymo_ray.data.io import load_card
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
 from dymo_ray.paths import run_dir
 from dymo_ray.tracking import MlflowRunLogger, _client, ensure_experiment, register_artifact
-from dymo_ray.train.backbone_job import backbone_config_for, resolve_config, resolve_data_dir
+from dymo_ray.train.backbone_job import backbone_config_for, load_job_card, resolve_config
 from dymo_ray.train.common import format_duration, read_checkpoint_state
 from dymo_ray.tune.report import (
     UNFINISHED,
@@ -127,13 +127,7 @@ def run_sweep(
             "use_gpu=true is not supported in a sweep: each trial trains in one process on "
             "the CPU; set use_gpu=false"
         )
-    data_dir = resolve_data_dir(train_cfg)
-    card = load_card(data_dir)
-    if card.name != train_cfg.dataset:
-        raise ConfigError(
-            f"data_dir {data_dir} contains dataset {card.name!r} but dataset="
-            f"{train_cfg.dataset!r}; set dataset to match"
-        )
+    data_dir, card = load_job_card(train_cfg)
     cfg = replace(resolve_config(train_cfg, card), data_dir=str(data_dir))
     check_against_card(sweep, card)
     subsets_range = subsets_range_for(sweep, card)

@@ -15,6 +15,7 @@ from dymo_ray.data.io import (
     SplitData,
     load_ray_dataset,
     load_split,
+    seeded_rows,
     write_card,
     write_split,
 )
@@ -443,3 +444,25 @@ def test_ray_dataset_checks_labels_before_reading(tmp_path):
     _edit_card(tmp_path, lambda card: card.update(class_names=["a", "b"]))
     with pytest.raises(CardError, match=r"column 'label' has \d+ labels outside \[0, 2\)"):
         load_ray_dataset(tmp_path, "train")
+
+
+def test_seeded_rows_reproducible_and_sorted():
+    rows = seeded_rows(100, 10, seed=3)
+
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert len(rows) == 10
+    assert rows.min() >= 0
+    assert rows.max() < 100
+    assert np.array_equal(seeded_rows(100, 10, seed=3), rows)
+    assert not np.array_equal(seeded_rows(100, 10, seed=4), rows)
+
+
+@pytest.mark.parametrize("limit", [None, 100, 250])
+def test_seeded_rows_all_rows(limit):
+    assert seeded_rows(100, limit, seed=0) is None
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_seeded_rows_limit_below_one(limit):
+    with pytest.raises(ValueError, match=f"limit must be an integer >= 1 or None, got {limit}"):
+        seeded_rows(100, limit, seed=0)

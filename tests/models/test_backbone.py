@@ -7,7 +7,7 @@ import torch
 from model_cards import mdt_card, polymnist_card, random_batch
 
 from dymo_ray.data.spec import DatasetCard
-from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
+from dymo_ray.models.backbone import Attention, BackboneConfig, FusionBackbone
 from dymo_ray.subsets import all_subsets
 
 CARDS = {"polymnist": polymnist_card, "mdt": mdt_card}
@@ -343,3 +343,20 @@ def test_forward_subsets_shape_checked(generator):
 
     with pytest.raises(ValueError, match=r"subsets must have shape \(A, 3\) with A >= 1, got \(3,\)"):
         model(inputs, subsets=torch.ones(3, dtype=torch.bool))
+
+
+def test_attention_first_queries_match_full(generator):
+    attention = Attention(width=16, heads=4)
+    x = torch.randn(3, 7, 16, generator=generator)
+    full = attention(x)
+
+    for queries in (1, 3, 7):
+        assert torch.allclose(attention(x, queries=queries), full[:, :queries], atol=1e-6)
+
+
+@pytest.mark.parametrize("queries", [0, -1, 8])
+def test_attention_queries_out_of_range(queries):
+    attention = Attention(width=16, heads=4)
+
+    with pytest.raises(ValueError, match=rf"between 1 and the 7 positions of x, got {queries}"):
+        attention(torch.zeros(2, 7, 16), queries=queries)
