@@ -3,6 +3,7 @@
     python benchmarks/selection_diagnosis.py                  # registered models, random:0.8
     python benchmarks/selection_diagnosis.py --bundle models:/dymo-backbone/2 \\
         --recovery models:/dymo-recovery-polymnist/1 --protocol random:0.6
+    python benchmarks/selection_diagnosis.py --calibration-split val   # other statistics
 
 The split is masked and recovered exactly as `jobs/evaluate.py` does (same protocol mask and
 recovery seeds), so the discard and DyMo accuracies equal that job's table. Each recovered
@@ -10,8 +11,12 @@ modality u is also classified alone by the backbone (subset {u}), and that predi
 taken as the class the recovered sample shows: it "shows the true class" when it equals the
 label.
 
+With `--calibration-split`, the calibration statistics are computed again on that split
+(complete rows, true labels) in place of the bundle's, which come from the training split,
+and the script first prints how the class spreads sigma compare with the bundle's.
+
 The script prints, one line each:
-    - the accuracy of discard and DyMo;
+    - the accuracy of discard and DyMo, and the recovered modalities DyMo used per row;
     - the rows DyMo changed from right to wrong, and from wrong to right;
     - the share of recovered samples that show the true class: all, accepted, rejected;
     - in rows DyMo turned wrong: how often an accepted sample shows a wrong class, and how
@@ -39,7 +44,14 @@ from dymo_ray.data.io import SplitData, load_card  # noqa: E402
 from dymo_ray.data.protocols import parse_protocol  # noqa: E402
 from dymo_ray.evaluation import load_eval_split, recovery_seed  # noqa: E402
 from dymo_ray.recovery import Recovery, load_recovery_model  # noqa: E402
-from dymo_ray.selection import SelectionConfig, StepTrace, discard_predict, select  # noqa: E402
+from dymo_ray.selection import (  # noqa: E402
+    SelectionConfig,
+    StepTrace,
+    compute_calibration_stats,
+    discard_predict,
+    select,
+)
+from dymo_ray.train.backbone_loop import batches  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -64,6 +76,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--protocol", default="random:0.8")
     parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--calibration-split",
+        default=None,
+        help="compute the calibration statistics on this split (default: use the bundle's)",
+    )
     parser.add_argument(
         "--limit", type=positive_int, default=None, help="seeded random subset of rows"
     )
@@ -131,6 +148,24 @@ def load_inputs(
             f"split {args.split!r} not found in dataset {data_dir}. Valid splits: {list(splits)}"
         )
     data = load_eval_split(bundle, data_dir, args.split, args.limit)
+    if args.calibration_split is not None:
+        if args.calibration_split not in splits:
+            raise ValueError(
+                f"calibration split {args.calibration_split!r} not found in dataset "
+                f"{data_dir}. Valid splits: {list(splits)}"
+            )
+        calibration_data = load_eval_split(bundle, data_dir, args.calibration_split, None)
+        with torch.inference_mode():
+            calibration_batches = batches(calibration_data, 512, generator=None)
+            stats = compute_calibration_stats(
+                bundle.model, calibration_batches, bundle.card.num_classes
+            )
+        ratio = (stats.sigma / bundle.stats.sigma).flatten()
+        print(
+            f"sigma on the {args.calibration_split} split against the bundle's, over subsets and "
+            f"classes: median ratio {ratio.median():.3f}, wider in {share(ratio > 1)}"
+        )
+        bundle.stats = stats
     protocol = parse_protocol(args.protocol, bundle.card.modality_names)
     present = protocol.apply(len(data), args.seed)
     return bundle, recovery, data, present, config
@@ -189,7 +224,16 @@ def main() -> int:
         f"{args.dataset} {args.split} split, {len(data)} rows, {args.protocol}, seed {args.seed}, "
         f"bundle {bundle.source}, recovery {recovery_location}"
     )
-    print(f"accuracy: discard {discard_right.float().mean():.4f}, DyMo {dymo_right.float().mean():.4f}")
+    statistics_source = (
+        f"computed on the {args.calibration_split} split" if args.calibration_split
+        else "the bundle's"
+    )
+    print(f"calibration statistics: {statistics_source}")
+    print(
+        f"accuracy: discard {discard_right.float().mean():.4f}, DyMo "
+        f"{dymo_right.float().mean():.4f}; recovered modalities used per row "
+        f"{used.sum(dim=1).float().mean():.2f}"
+    )
     print(f"rows DyMo turned wrong: {int(turned_wrong.sum())}, turned right: {int(turned_right.sum())}")
     print(f"recovered samples showing the true class: {share(shows_true[missing])}")
     print(f"  accepted by DyMo: {share(shows_true[used])}")

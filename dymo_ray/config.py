@@ -148,6 +148,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def range_problems(
+    config: Any,
+    above_zero: tuple[str, ...] = (),
+    at_least_one: tuple[str, ...] = (),
+    at_least_zero: tuple[str, ...] = (),
+) -> list[str]:
+    """List the named fields of `config` whose value is out of range; fields set to None pass."""
+    found = []
+    for names, fails, bound in (
+        (above_zero, lambda value: value <= 0, "> 0"),
+        (at_least_one, lambda value: value < 1, ">= 1"),
+        (at_least_zero, lambda value: value < 0, ">= 0"),
+    ):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and fails(value):
+                found.append(f"{name} must be {bound}, got {value}")
+    return found
+
+
 def merge_job_config(
     cls: type[ConfigT],
     preset: dict[str, Any] | None,
@@ -240,25 +260,16 @@ class TrainConfig:
             )
         if self.metric not in METRICS:
             found.append(f"metric {self.metric!r} is not one of {list(METRICS)}")
-        positive = {
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "temperature": self.temperature,
-            "cpus_per_worker": self.cpus_per_worker,
-            "gpus_per_worker": self.gpus_per_worker,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                found.append(f"{name} must be > 0, got {value}")
-        for name in ("epochs", "subsets_per_batch", "width", "heads", "blocks",
-                     "projection_dim", "train_limit", "val_limit", "test_limit",
-                     "torch_threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                found.append(f"{name} must be >= 1, got {value}")
-        for name in ("aux_weight", "aux_start_epoch", "patience", "min_delta", "max_failures"):
-            if getattr(self, name) < 0:
-                found.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        found += range_problems(
+            self,
+            above_zero=("batch_size", "learning_rate", "temperature", "cpus_per_worker",
+                        "gpus_per_worker"),
+            at_least_one=("epochs", "subsets_per_batch", "width", "heads", "blocks",
+                          "projection_dim", "train_limit", "val_limit", "test_limit",
+                          "torch_threads"),
+            at_least_zero=("aux_weight", "aux_start_epoch", "patience", "min_delta",
+                           "max_failures"),
+        )
         if self.num_workers < 0:
             found.append(f"num_workers must be >= 0 (0 runs in-process), got {self.num_workers}")
         return found

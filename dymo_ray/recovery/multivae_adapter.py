@@ -301,17 +301,8 @@ class MMVAEPlusRecovery(MultivaeRecovery):
     unused_fields = ("num_clusters",)
 
     def _build_model(self) -> BaseMultiVAE:
-        _require_style(self)
+        config = MMVAEPlusConfig(**_style_model_settings(self))
         encoders, decoders = self._networks()
-        config = MMVAEPlusConfig(
-            **self._multivae_config(),
-            K=self.config.importance_samples,
-            prior_and_posterior_dist="laplace_with_softmax",
-            learn_modality_prior=True,
-            beta=self.config.beta,
-            modalities_specific_dim=self.config.style_dim,
-            loss="iwae_looser",
-        )
         return MMVAEPlus(config, encoders=encoders, decoders=decoders)
 
 
@@ -323,29 +314,35 @@ class CMVAERecovery(MultivaeRecovery):
     defaults = {"latent_dim": 32, "style_dim": 32, "hidden_dim": 256}
 
     def _build_model(self) -> BaseMultiVAE:
-        _require_style(self)
-        encoders, decoders = self._networks()
         config = CMVAEConfig(
-            **self._multivae_config(),
-            K=self.config.importance_samples,
-            prior_and_posterior_dist="laplace_with_softmax",
-            learn_modality_prior=True,
-            beta=self.config.beta,
-            modalities_specific_dim=self.config.style_dim,
-            loss="iwae_looser",
-            number_of_clusters=self.config.num_clusters,
+            **_style_model_settings(self), number_of_clusters=self.config.num_clusters
         )
+        encoders, decoders = self._networks()
         # NOTE: multivae's post-training cluster pruning (`prune_clusters`) is not run. It only
         # changes the cluster prior, which conditional generation (`encode`) does not read.
         return CMVAE(config, encoders=encoders, decoders=decoders)
 
 
-def _require_style(recovery: MultivaeRecovery) -> None:
+def _style_model_settings(recovery: MultivaeRecovery) -> dict[str, Any]:
+    """Return the multivae config keys that MMVAE+ and CMVAE share.
+
+    Raises:
+        ValueError: `style_dim` is below 1 (both models need a modality-specific latent).
+    """
     if recovery.config.style_dim < 1:
         raise ValueError(
             f"{recovery.name} needs a modality-specific latent: set style_dim >= 1, "
             f"got {recovery.config.style_dim}"
         )
+    return {
+        **recovery._multivae_config(),
+        "K": recovery.config.importance_samples,
+        "prior_and_posterior_dist": "laplace_with_softmax",
+        "learn_modality_prior": True,
+        "beta": recovery.config.beta,
+        "modalities_specific_dim": recovery.config.style_dim,
+        "loss": "iwae_looser",
+    }
 
 
 MULTIVAE_RECOVERIES: dict[str, type[MultivaeRecovery]] = {

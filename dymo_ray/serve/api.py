@@ -227,6 +227,12 @@ def create_api(service: "Ingress") -> FastAPI:
             status_code=500,
         )
 
+    async def predict_one(body: PredictRequest, request: Request, strategy: str) -> Prediction:
+        request_id = request_id_of(request)
+        fault = _fault_of(request, service)
+        sample = decode(body, ("body",))
+        return await service.predict_sample(sample, request_id, strategy, fault)
+
     @app.post(
         "/v1/predict",
         response_model=Prediction,
@@ -234,10 +240,7 @@ def create_api(service: "Ingress") -> FastAPI:
         summary="Predict one incomplete sample with DyMo",
     )
     async def predict(body: PredictRequest, request: Request) -> Prediction:
-        request_id = request_id_of(request)
-        fault = _fault_of(request, service)
-        sample = decode(body, ("body",))
-        return await service.predict_sample(sample, request_id, "dymo", fault)
+        return await predict_one(body, request, "dymo")
 
     @app.post(
         "/v1/predict_batch",
@@ -286,10 +289,7 @@ def create_api(service: "Ingress") -> FastAPI:
         summary="Classify one sample from its observed modalities only (no recovery)",
     )
     async def classify(body: PredictRequest, request: Request) -> Prediction:
-        request_id = request_id_of(request)
-        fault = _fault_of(request, service)
-        sample = decode(body, ("body",))
-        return await service.predict_sample(sample, request_id, "discard", fault)
+        return await predict_one(body, request, "discard")
 
     @app.get(
         "/v1/health",

@@ -102,7 +102,10 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
 
 
 def load_job_card(cfg: Any) -> tuple[Path, DatasetCard]:
-    """Return the absolute dataset folder of a job config and its card.
+    """Resolve a job's dataset folder (building the offline dataset if missing) and load its card.
+
+    Returns:
+        The absolute dataset folder and its card.
 
     Raises:
         CardError: the folder contains no valid dataset card.
@@ -139,6 +142,7 @@ def run_training(
         ConfigError, CardError: invalid settings or data.
         ClusterTooSmallError: the cluster cannot place the workers.
         ray.train.TrainingFailedError: the workers failed more than `max_failures` times.
+        RuntimeError: the training run ended without reporting a checkpoint.
     """
     from dymo_ray import tracking
 

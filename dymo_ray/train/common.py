@@ -288,8 +288,8 @@ def fit_torch_trainer(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(
-            f"Ray Train run {ray_run_name} finished without a checkpoint; its results folder is "
-            f"{storage / ray_run_name}"
+            f"Ray Train run {ray_run_name} (MLflow run {loop_config.get('run_id')}) finished "
+            f"without a checkpoint; its results folder is {storage / ray_run_name}"
         )
     return read_checkpoint_state(result.checkpoint)
 

@@ -88,6 +88,7 @@ def run_recovery_training(
         ConfigError, CardError: invalid settings or data.
         ClusterTooSmallError: the cluster cannot place the workers.
         ray.train.TrainingFailedError: the workers failed more than `max_failures` times.
+        RuntimeError: the training run ended without reporting a checkpoint.
     """
     from dymo_ray import tracking
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dymo_ray.config import DATASETS, build_config
+from dymo_ray.config import DATASETS, build_config, range_problems
 from dymo_ray.data.io import SplitData, load_split
 from dymo_ray.data.spec import DatasetCard
 from dymo_ray.recovery import build_recovery, recovered_sample_grid, train_recovery_epoch, write_png
@@ -101,18 +101,14 @@ class RecoveryTrainConfig:
                 f"model {self.model!r} is unknown{_suggest(self.model, GENERATIVE_RECOVERIES)}; "
                 f"valid models: {list(GENERATIVE_RECOVERIES)}"
             )
-        for name in ("learning_rate", "cpus_per_worker", "gpus_per_worker"):
-            if getattr(self, name) <= 0:
-                found.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "train_limit", "test_limit", "classifier_train_limit",
-                     "coherence_max_subsets", "torch_threads", "latent_dim", "hidden_dim",
-                     "num_clusters"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                found.append(f"{name} must be >= 1, got {value}")
-        for name in ("classifier_epochs", "grid_rows", "max_failures"):
-            if getattr(self, name) < 0:
-                found.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        found += range_problems(
+            self,
+            above_zero=("learning_rate", "cpus_per_worker", "gpus_per_worker"),
+            at_least_one=("epochs", "batch_size", "train_limit", "test_limit",
+                          "classifier_train_limit", "coherence_max_subsets", "torch_threads",
+                          "latent_dim", "hidden_dim", "num_clusters"),
+            at_least_zero=("classifier_epochs", "grid_rows", "max_failures"),
+        )
         if self.num_workers < 0:
             found.append(f"num_workers must be >= 0 (0 runs in-process), got {self.num_workers}")
         return found
