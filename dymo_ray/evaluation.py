@@ -228,6 +228,34 @@ def pivot_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(table.values())
 
 
+def compare_dymo(pivot_rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Summarise DyMo against discard and impute-all, in accuracy points per protocol.
+
+    Args:
+        pivot_rows: Output of `pivot_accuracy`, with "discard", "impute_all" and "dymo".
+
+    Returns:
+        Printable lines: the differences per protocol, then a line that names the protocols
+        where discard beats DyMo, because there serving discard is the better choice.
+    """
+    lines = []
+    for baseline, label in (("discard", "discard"), ("impute_all", "impute-all")):
+        gaps = [
+            f"{row['protocol']} {100 * (row['dymo'] - row[baseline]):+.2f}" for row in pivot_rows
+        ]
+        lines.append(f"DyMo minus {label}, accuracy points: " + ", ".join(gaps))
+    below = [row["protocol"] for row in pivot_rows if row["dymo"] < row["discard"]]
+    if below:
+        lines.append(
+            f"discard beats DyMo at {len(below)} of {len(pivot_rows)} protocols "
+            f"({', '.join(below)}). If these match your data, serve /v1/classify (observed "
+            "modalities only) rather than /v1/predict; docs/decisions.md explains why."
+        )
+    else:
+        lines.append("DyMo is at or above discard at every protocol.")
+    return lines
+
+
 def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Plot accuracy per strategy against the protocol (missing rate for random:<eta>)."""
     import matplotlib

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from dymo_ray.data.builders import ensure_dataset
     from dymo_ray.data.protocols import default_protocols
     from dymo_ray.evaluation import (
-        evaluate_strategies, format_table, load_eval_split, pivot_accuracy, plot_accuracy,
-        write_csv,
+        compare_dymo, evaluate_strategies, format_table, load_eval_split, pivot_accuracy,
+        plot_accuracy, write_csv,
     )
     from dymo_ray.paths import run_dir
     from dymo_ray.recovery import load_recovery_model
@@ -116,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
           f"bundle {bundle.source} (version {bundle.version}), recovery {recovery_location}")
     columns = ["protocol", "missing", "discard", "impute_all", "dymo", "oracle",
                "dymo_used", "dymo_rejected"]
-    print(format_table(pivot_accuracy(rows), columns))
-    print(f"\n(missing, dymo_used, dymo_rejected: mean modalities per row)\nCSV: {csv_path}\n"
-          f"plot: {plot_path}\nMLflow run: {run.run_id}\nevaluated in {seconds:.0f} s")
+    pivot = pivot_accuracy(rows)
+    print(format_table(pivot, columns))
+    print("(missing, dymo_used, dymo_rejected: mean modalities per row)\n")
+    print("\n".join(compare_dymo(pivot)))
+    print(f"\nCSV: {csv_path}\nplot: {plot_path}\nMLflow run: {run.run_id}\n"
+          f"evaluated in {seconds:.0f} s")
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 
 from dymo_ray.bundle import ModelBundle
 from dymo_ray.data.io import load_split
+from dymo_ray.evaluation import compare_dymo
 from dymo_ray.models.backbone import BackboneConfig, FusionBackbone
 from dymo_ray.paths import project_root
 from dymo_ray.selection import compute_calibration_stats
@@ -60,6 +61,7 @@ def test_evaluate_writes_table_csv_plot_run(tiny_mdt, mlflow_store, tmp_path, ca
     assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
     for protocol in {row["protocol"] for row in rows}:
         assert f"\n{protocol} " in output  # one table row per protocol
+    assert "DyMo minus discard, accuracy points: " in output
     assert (out / "eval_mdt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     client = MlflowClient(mlflow_store)
@@ -83,3 +85,27 @@ def test_evaluate_rejects_limit_below_one(limit, tiny_mdt, mlflow_store, tmp_pat
 
     assert code == 2
     assert f"limit must be an integer >= 1 or None, got {limit}" in capsys.readouterr().err
+
+
+def test_compare_dymo_discard_wins():
+    pivot = [
+        {"protocol": "random:0.2", "discard": 0.9895, "impute_all": 0.9625, "dymo": 0.9875},
+        {"protocol": "random:0.8", "discard": 0.9350, "impute_all": 0.6810, "dymo": 0.9400},
+    ]
+
+    lines = compare_dymo(pivot)
+
+    assert lines[0] == "DyMo minus discard, accuracy points: random:0.2 -0.20, random:0.8 +0.50"
+    assert lines[1] == (
+        "DyMo minus impute-all, accuracy points: random:0.2 +2.50, random:0.8 +25.90"
+    )
+    assert lines[2].startswith("discard beats DyMo at 1 of 2 protocols (random:0.2).")
+    assert "/v1/classify" in lines[2]
+
+
+def test_compare_dymo_never_below_discard():
+    pivot = [{"protocol": "drop:a", "discard": 0.5, "impute_all": 0.4, "dymo": 0.5}]
+
+    lines = compare_dymo(pivot)
+
+    assert lines[-1] == "DyMo is at or above discard at every protocol."
