@@ -6,14 +6,16 @@
     python benchmarks/selection_diagnosis.py --calibration-split val   # other statistics
 
 The split is masked and recovered exactly as `jobs/evaluate.py` does (same protocol mask and
-recovery seeds), so the discard and DyMo accuracies equal that job's table. Each recovered
+recovery seeds), so with the same `--batch-size` (the recovery seed is drawn per batch) the
+discard and DyMo accuracies equal that job's table. Each recovered
 modality u is also classified alone by the backbone (subset {u}), and that prediction is
 taken as the class the recovered sample shows: it "shows the true class" when it equals the
 label.
 
-With `--calibration-split`, the calibration statistics are computed again on that split
-(complete rows, true labels) in place of the bundle's, which come from the training split,
-and the script first prints how the class spreads sigma compare with the bundle's.
+With `--calibration-split`, the calibration statistics are computed again on every row of
+that split (complete rows, true labels; `--limit` does not apply) in place of the bundle's,
+which come from the training split, and the script first prints how the class spreads sigma
+compare with the bundle's. It must differ from `--split`, whose labels would leak otherwise.
 
 The script prints, one line each:
     - the accuracy of discard and DyMo, and the recovered modalities DyMo used per row;
@@ -79,7 +81,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--calibration-split",
         default=None,
-        help="compute the calibration statistics on this split (default: use the bundle's)",
+        help="compute the calibration statistics on every row of this split, which must "
+        "differ from --split (default: use the bundle's)",
     )
     parser.add_argument(
         "--limit", type=positive_int, default=None, help="seeded random subset of rows"
@@ -153,6 +156,11 @@ def load_inputs(
             raise ValueError(
                 f"calibration split {args.calibration_split!r} not found in dataset "
                 f"{data_dir}. Valid splits: {list(splits)}"
+            )
+        if args.calibration_split == args.split:
+            raise ValueError(
+                f"--calibration-split {args.calibration_split!r} is the diagnosed split, so the "
+                "statistics would use its true labels; pick another split"
             )
         calibration_data = load_eval_split(bundle, data_dir, args.calibration_split, None)
         with torch.inference_mode():

@@ -130,12 +130,20 @@ def load_bundle(
             f"no bundle at {folder}: {META_FILE} is missing; pass a bundle folder or a "
             "models:/ URI such as models:/dymo-backbone@latest"
         )
-    meta = json.loads((folder / META_FILE).read_text())
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"bundle {folder}: {META_FILE} is not readable JSON: {error}") from error
+    if not isinstance(meta, dict):
+        raise BundleError(f"bundle {folder}: {META_FILE} must contain a JSON object")
     if meta.get("format_version") != BUNDLE_FORMAT_VERSION:
         raise BundleError(
             f"bundle {folder} has format version {meta.get('format_version')!r}; this dymo_ray "
             f"({dymo_ray.__version__}) reads version {BUNDLE_FORMAT_VERSION}"
         )
+    missing_keys = [key for key in ("card", "backbone_config") if key not in meta]
+    if missing_keys:
+        raise BundleError(f"bundle {folder}: {META_FILE} lacks the keys {missing_keys}")
     card = DatasetCard.from_dict(meta["card"])
     if expected_card is not None:
         problems = expected_card.compatibility_problems(card)
@@ -144,16 +152,16 @@ def load_bundle(
                 f"bundle {source} was trained on another dataset card: " + "; ".join(problems)
             )
     model = FusionBackbone(card, BackboneConfig.from_dict(meta["backbone_config"]))
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    state = _load_tensor_file(folder / WEIGHTS_FILE, source, weights_only=True)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError) as error:
         raise BundleError(f"bundle {source}: the weights do not fit the backbone config: {error}")
     model.eval()
 
     stats = None
     if (folder / CALIBRATION_FILE).exists():
-        data = torch.load(folder / CALIBRATION_FILE, map_location="cpu", weights_only=False)
+        data = _load_tensor_file(folder / CALIBRATION_FILE, source, weights_only=False)
         stats = CalibrationStats.from_dict(data)
         problems = stats.compatibility_problems(model)
         if problems:
@@ -175,3 +183,19 @@ def load_bundle(
         source=source,
         version=version,
     )
+
+
+def _load_tensor_file(path: Path, source: str, weights_only: bool) -> Any:
+    """Load one file of a bundle with `torch.load`.
+
+    Raises:
+        BundleError: the file is missing or cannot be read.
+    """
+    if not path.exists():
+        raise BundleError(f"bundle {source}: {path.name} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # torch.load raises many unrelated types on a corrupt file.
+        raise BundleError(
+            f"bundle {source}: {path.name} is not a readable torch file: {error}"
+        ) from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -127,7 +128,11 @@ def load_yaml_config(cls: type[ConfigT], path: str | Path, overrides: dict[str, 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).replace("\n", " ")
+        raise ConfigError(f"config file {path} is not a readable YAML file: {reason}") from error
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return build_config(cls, {**loaded, **overrides})
@@ -144,7 +149,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"invalid override {pair!r}: expected key=value")
         key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            reason = str(error).replace("\n", " ")
+            raise ConfigError(
+                f"invalid override {pair!r}: the value is not YAML: {reason}"
+            ) from error
     return out
 
 
@@ -154,8 +165,15 @@ def range_problems(
     at_least_one: tuple[str, ...] = (),
     at_least_zero: tuple[str, ...] = (),
 ) -> list[str]:
-    """List the named fields of `config` whose value is out of range; fields set to None pass."""
+    """List the named fields of `config` whose value is out of range; fields set to None pass.
+
+    A float that is NaN or infinite is out of every range.
+    """
     found = []
+    for name in (*above_zero, *at_least_one, *at_least_zero):
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{name} must be a finite number, got {value}")
     for names, fails, bound in (
         (above_zero, lambda value: value <= 0, "> 0"),
         (at_least_one, lambda value: value < 1, ">= 1"),
@@ -163,7 +181,8 @@ def range_problems(
     ):
         for name in names:
             value = getattr(config, name)
-            if value is not None and fails(value):
+            finite = not isinstance(value, float) or math.isfinite(value)
+            if value is not None and finite and fails(value):
                 found.append(f"{name} must be {bound}, got {value}")
     return found
 
@@ -188,7 +207,7 @@ def merge_job_config(
     values = dict(preset or {})
     values.update({key: value for key, value in flags.items() if value is not None})
     values.update(parse_overrides(overrides))
-    if config_path:
+    if config_path is not None:
         return load_yaml_config(cls, config_path, values)
     return build_config(cls, values)
 
@@ -267,7 +286,7 @@ class TrainConfig:
             at_least_one=("epochs", "subsets_per_batch", "width", "heads", "blocks",
                           "projection_dim", "train_limit", "val_limit", "test_limit",
                           "torch_threads"),
-            at_least_zero=("aux_weight", "aux_start_epoch", "patience", "min_delta",
+            at_least_zero=("seed", "aux_weight", "aux_start_epoch", "patience", "min_delta",
                            "max_failures"),
         )
         if self.num_workers < 0:

@@ -35,7 +35,12 @@ def sample_rows(total: int, limit: int | None, seed: int = 0) -> np.ndarray | No
 
 
 def load_eval_split(bundle: ModelBundle, data_dir: str | Path, split: str, limit: int | None) -> SplitData:
-    """Load `split` of `data_dir`, checking that its card matches the bundle's."""
+    """Load `split` of `data_dir`, checking that its card matches the bundle's.
+
+    Raises:
+        ValueError: the card does not match the bundle's, the split is not in the card, or
+            `limit` is below 1.
+    """
     from dymo_ray.data.io import load_card
 
     card = load_card(data_dir)
@@ -43,6 +48,10 @@ def load_eval_split(bundle: ModelBundle, data_dir: str | Path, split: str, limit
     if problems:
         raise ValueError(
             f"dataset {data_dir} does not match the bundle's card: " + "; ".join(problems)
+        )
+    if split not in card.splits:
+        raise ValueError(
+            f"split {split!r} not found in dataset {data_dir}; valid splits: {list(card.splits)}"
         )
     return load_split(data_dir, split, rows=sample_rows(card.splits[split], limit))
 

@@ -20,6 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def positive_int(text: str) -> int:
+    """Parse an integer >= 1 for argparse."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="polymnist", choices=["polymnist", "mdt"])
@@ -38,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tau", type=float, default=0.1, help="selection temperature tau")
     parser.add_argument("--calibration", choices=["ratio", "log-ratio"],
                         help="calibration form (default: log-ratio for cosine, ratio for euclidean)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="rows per selection batch; the recovery seed is drawn per batch")
     parser.add_argument("--out", help="folder for the CSV and the plot (default: a new folder in the run folder)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recovery = load_recovery_model(recovery_location, bundle.card)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: cannot load the recovery model {recovery_location}: {error}\n"
+        print(f"error: cannot load the recovery model {recovery_location}: {error}; "
               "train one with `python jobs/train_recovery.py` or pass --recovery noise",
               file=sys.stderr)
         return 2
@@ -85,7 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    protocols = args.protocols.split(",") if args.protocols else default_protocols(bundle.card)
+    if args.protocols is None:
+        protocols = default_protocols(bundle.card)
+    else:
+        protocols = [name.strip() for name in args.protocols.split(",")]
+        repeated = sorted({name for name in protocols if protocols.count(name) > 1})
+        if repeated:
+            print(f"error: --protocols lists {repeated} more than once", file=sys.stderr)
+            return 2
+    # Check the output folder now, so that a bad --out does not waste the evaluation.
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: cannot create the --out folder {out}: {error}", file=sys.stderr)
+            return 2
+    else:
+        out = Path(tempfile.mkdtemp(prefix="eval-", dir=run_dir()))
     started = time.perf_counter()
     try:
         rows = evaluate_strategies(bundle, recovery, data, protocols, seed=args.seed,
@@ -96,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - started
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="eval-", dir=run_dir()))
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(rows, out / f"eval_{args.dataset}.csv")
     plot_path = plot_accuracy(rows, out / f"eval_{args.dataset}.png",
                               f"{args.dataset}: accuracy by strategy ({recovery.name} recovery)")

@@ -64,3 +64,36 @@ def test_range_problems_edges_pass():
     cfg = TrainConfig(epochs=1, patience=0)
 
     assert range_problems(cfg, at_least_one=("epochs",), at_least_zero=("patience",)) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"epochs: [1\n", b"!!python/object:os.system {}\n", b"\xff\xfe\x00binary"],
+)
+def test_merge_unreadable_yaml_named(tmp_path, content):
+    path = tmp_path / "train.yaml"
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError, match=f"config file {path} is not a readable YAML file"):
+        merge_job_config(TrainConfig, None, {}, [], path)
+
+
+def test_merge_folder_as_config_named(tmp_path):
+    with pytest.raises(ConfigError, match="is not a readable YAML file"):
+        merge_job_config(TrainConfig, None, {}, [], tmp_path)
+
+
+def test_merge_override_value_not_yaml():
+    with pytest.raises(ConfigError, match=r"invalid override 'epochs=\[1': the value is not YAML"):
+        merge_job_config(TrainConfig, None, {}, ["epochs=[1"], None)
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "1e400"])
+def test_merge_non_finite_float_rejected(value):
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        merge_job_config(TrainConfig, None, {}, [f"learning_rate={value}"], None)
+
+
+def test_merge_negative_seed_rejected():
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        merge_job_config(TrainConfig, None, {}, ["seed=-1"], None)

@@ -87,6 +87,40 @@ def test_evaluate_rejects_limit_below_one(limit, tiny_mdt, mlflow_store, tmp_pat
     assert f"limit must be an integer >= 1 or None, got {limit}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--split", "nosuch"], "split 'nosuch' not found in dataset"),
+        (["--protocols", "drop:text,drop:text"], "--protocols lists ['drop:text'] more than once"),
+        (["--protocols", ""], "protocol"),
+        (["--out", "FILE"], "cannot create the --out folder"),
+    ],
+)
+def test_evaluate_bad_option_named(extra, message, tiny_mdt, mlflow_store, tmp_path, capsys):
+    bundle_dir = save_random_bundle(tiny_mdt, tmp_path / "bundle")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    extra = [str(a_file) if item == "FILE" else item for item in extra]
+    code = load_job().main([
+        "--dataset", "mdt", "--bundle", str(bundle_dir), "--recovery", "noise",
+        "--data-dir", str(tiny_mdt), "--no-progress", *extra,
+    ])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_evaluate_batch_size_below_one(size, capsys):
+    with pytest.raises(SystemExit) as raised:
+        load_job().parse_args(["--batch-size", size])
+
+    assert raised.value.code == 2
+    assert f"must be an integer >= 1, got {size}" in capsys.readouterr().err
+
+
 def test_compare_dymo_discard_wins():
     pivot = [
         {"protocol": "random:0.2", "discard": 0.9895, "impute_all": 0.9625, "dymo": 0.9875},

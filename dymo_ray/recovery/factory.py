@@ -101,7 +101,8 @@ def load_recovery(
         FileNotFoundError: the folder or one of its files is missing.
         CardError: `card` is not compatible with the saved card; the message lists each
             difference.
-        ValueError: the saved format version or model name is not supported.
+        ValueError: a saved file is corrupt, or the saved format version or model name is
+            not supported.
     """
     folder = Path(folder)
     header_path = folder / "recovery.json"
@@ -110,7 +111,12 @@ def load_recovery(
             f"no saved recovery model in {folder}: recovery.json not found; save one with "
             "dymo_ray.recovery.save_recovery"
         )
-    header = json.loads(header_path.read_text())
+    try:
+        header = json.loads(header_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{header_path} is not readable JSON: {error}") from error
+    if not isinstance(header, dict) or not {"name", "config"} <= set(header):
+        raise ValueError(f"{header_path} must contain a JSON object with 'name' and 'config'")
     if header.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"recovery model in {folder} has format version {header.get('format_version')}, "
@@ -131,8 +137,13 @@ def load_recovery(
         weights_path = folder / "weights.pt"
         if not weights_path.exists():
             raise FileNotFoundError(f"recovery weights not found: {weights_path}")
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:  # torch.load raises many unrelated types on a corrupt file.
+            raise ValueError(
+                f"recovery weights {weights_path} cannot be loaded into {header['name']}: {error}"
+            ) from error
         model.to(map_location)
         model.eval()
     return recovery

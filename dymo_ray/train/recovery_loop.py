@@ -107,7 +107,7 @@ class RecoveryTrainConfig:
             at_least_one=("epochs", "batch_size", "train_limit", "test_limit",
                           "classifier_train_limit", "coherence_max_subsets", "torch_threads",
                           "latent_dim", "hidden_dim", "num_clusters"),
-            at_least_zero=("classifier_epochs", "grid_rows", "max_failures"),
+            at_least_zero=("seed", "classifier_epochs", "grid_rows", "max_failures"),
         )
         if self.num_workers < 0:
             found.append(f"num_workers must be >= 0 (0 runs in-process), got {self.num_workers}")

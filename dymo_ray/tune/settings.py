@@ -118,8 +118,9 @@ class SweepConfig:
             found.append(f"grace_period must be >= 1 epoch, got {self.grace_period}")
         if not self.reduction_factor > 1:
             found.append(f"reduction_factor must be > 1, got {self.reduction_factor}")
-        if self.protocol_seed < 0:
-            found.append(f"protocol_seed must be >= 0, got {self.protocol_seed}")
+        for name in ("search_seed", "protocol_seed"):
+            if getattr(self, name) < 0:
+                found.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             found.append(f"name {self.name!r} must be a non-empty folder name without '/'")
         return found

@@ -89,3 +89,26 @@ def test_card_with_other_shape_rejected(tmp_path):
 def test_missing_folder_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="recovery.json not found"):
         load_recovery(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "recovery.json is not readable JSON"),
+        ("[]", "must contain a JSON object with 'name' and 'config'"),
+    ],
+)
+def test_unreadable_header_rejected(tmp_path, text, message):
+    save_recovery(build_recovery("mopoe", mixed_card(), **TINY["mopoe"]), tmp_path / "model")
+    (tmp_path / "model" / "recovery.json").write_text(text)
+
+    with pytest.raises(ValueError, match=message):
+        load_recovery(tmp_path / "model")
+
+
+def test_corrupt_weights_rejected(tmp_path):
+    save_recovery(build_recovery("mopoe", mixed_card(), **TINY["mopoe"]), tmp_path / "model")
+    (tmp_path / "model" / "weights.pt").write_bytes(b"not a torch file")
+
+    with pytest.raises(ValueError, match="weights.pt cannot be loaded into mopoe"):
+        load_recovery(tmp_path / "model")
