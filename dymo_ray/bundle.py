@@ -143,7 +143,7 @@ def load_bundle(
         )
     missing_keys = [key for key in ("card", "backbone_config") if key not in meta]
     if missing_keys:
-        raise BundleError(f"bundle {folder}: {META_FILE} lacks the keys {missing_keys}")
+        raise BundleError(f"bundle {folder}: {META_FILE} is missing the keys {missing_keys}")
     card = DatasetCard.from_dict(meta["card"])
     if expected_card is not None:
         problems = expected_card.compatibility_problems(card)

@@ -170,10 +170,6 @@ def range_problems(
     A float that is NaN or infinite is out of every range.
     """
     found = []
-    for name in (*above_zero, *at_least_one, *at_least_zero):
-        value = getattr(config, name)
-        if isinstance(value, float) and not math.isfinite(value):
-            found.append(f"{name} must be a finite number, got {value}")
     for names, fails, bound in (
         (above_zero, lambda value: value <= 0, "> 0"),
         (at_least_one, lambda value: value < 1, ">= 1"),
@@ -181,8 +177,11 @@ def range_problems(
     ):
         for name in names:
             value = getattr(config, name)
-            finite = not isinstance(value, float) or math.isfinite(value)
-            if value is not None and finite and fails(value):
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                found.append(f"{name} must be a finite number, got {value}")
+            elif fails(value):
                 found.append(f"{name} must be {bound}, got {value}")
     return found
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dymo_ray.bundle import ModelBundle, load_bundle
-from dymo_ray.data.io import SplitData, load_split, seeded_rows
+from dymo_ray.data.io import SplitData, load_card, load_split, seeded_rows
 from dymo_ray.data.protocols import parse_protocol
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ def load_eval_split(bundle: ModelBundle, data_dir: str | Path, split: str, limit
         ValueError: the card does not match the bundle's, the split is not in the card, or
             `limit` is below 1.
     """
-    from dymo_ray.data.io import load_card
-
     card = load_card(data_dir)
     problems = bundle.card.compatibility_problems(card)
     if problems:

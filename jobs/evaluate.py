@@ -100,18 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         protocols = [name.strip() for name in args.protocols.split(",")]
         repeated = sorted({name for name in protocols if protocols.count(name) > 1})
         if repeated:
-            print(f"error: --protocols lists {repeated} more than once", file=sys.stderr)
+            print(f"error: invalid --protocols: {repeated} repeated; list each protocol once",
+                  file=sys.stderr)
             return 2
-    # Check the output folder now, so that a bad --out does not waste the evaluation.
-    if args.out:
-        out = Path(args.out)
+    # Create a given output folder now, so that a bad --out does not waste the evaluation.
+    out = Path(args.out) if args.out else None
+    if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            print(f"error: cannot create the --out folder {out}: {error}", file=sys.stderr)
+            print(f"error: failed to create the --out folder {out}: {error}; pass a folder path",
+                  file=sys.stderr)
             return 2
-    else:
-        out = Path(tempfile.mkdtemp(prefix="eval-", dir=run_dir()))
     started = time.perf_counter()
     try:
         rows = evaluate_strategies(bundle, recovery, data, protocols, seed=args.seed,
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - started
+
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="eval-", dir=run_dir()))
 
     csv_path = write_csv(rows, out / f"eval_{args.dataset}.csv")
     plot_path = plot_accuracy(rows, out / f"eval_{args.dataset}.png",

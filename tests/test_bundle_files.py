@@ -47,7 +47,7 @@ def test_meta_without_card_rejected(bundle_dir):
     del meta["card"]
     (bundle_dir / "bundle.json").write_text(json.dumps(meta))
 
-    with pytest.raises(BundleError, match=r"bundle.json lacks the keys \['card'\]"):
+    with pytest.raises(BundleError, match=r"bundle.json is missing the keys \['card'\]"):
         load_bundle(bundle_dir, require_stats=False)
 
 

@@ -91,9 +91,9 @@ def test_evaluate_rejects_limit_below_one(limit, tiny_mdt, mlflow_store, tmp_pat
     ("extra", "message"),
     [
         (["--split", "nosuch"], "split 'nosuch' not found in dataset"),
-        (["--protocols", "drop:text,drop:text"], "--protocols lists ['drop:text'] more than once"),
+        (["--protocols", "drop:text,drop:text"], "invalid --protocols: ['drop:text'] repeated"),
         (["--protocols", ""], "protocol"),
-        (["--out", "FILE"], "cannot create the --out folder"),
+        (["--out", "FILE"], "failed to create the --out folder"),
     ],
 )
 def test_evaluate_bad_option_named(extra, message, tiny_mdt, mlflow_store, tmp_path, capsys):
